@@ -1,0 +1,1 @@
+//! Models for pg_fraud (work in progress).
