@@ -186,7 +186,10 @@ impl Classifier {
         feature_names: &[S],
         params: &ClassifierParams,
     ) -> Result<Self> {
-        let names: Vec<String> = feature_names.iter().map(|s| s.as_ref().to_owned()).collect();
+        let names: Vec<String> = feature_names
+            .iter()
+            .map(|s| s.as_ref().to_owned())
+            .collect();
         check_feature_names(&names, x.ncols())?;
         params.validate(x.ncols())?;
         if rows.len() < 2 {
@@ -206,9 +209,9 @@ impl Classifier {
         let stats = column_stats(x, rows, &names)?;
 
         let ratio = params.negatives_per_positive;
-        let pos_cap = params
-            .max_samples
-            .map_or(usize::MAX, |s| ((s as f64 / (1.0 + ratio)).floor() as usize).max(1));
+        let pos_cap = params.max_samples.map_or(usize::MAX, |s| {
+            ((s as f64 / (1.0 + ratio)).floor() as usize).max(1)
+        });
         let n_pos = pos.len().min(pos_cap);
         let n_neg = ((n_pos as f64 * ratio).round() as usize).clamp(1, neg.len());
         let sample_rate = n_pos as f64 / (n_pos + n_neg) as f64;
@@ -419,8 +422,8 @@ fn grow_tree(
     seed: u64,
 ) -> Result<LearnedTree> {
     let learner_error = |e: &dyn std::fmt::Display| ModelError::Learner(e.to_string());
-    let matrix = DenseMatrix::new(y.len(), p, values.to_vec(), false)
-        .map_err(|e| learner_error(&e))?;
+    let matrix =
+        DenseMatrix::new(y.len(), p, values.to_vec(), false).map_err(|e| learner_error(&e))?;
     let y = y.to_vec();
     // A one-tree smartcore forest rather than a bare decision tree: only the forest exposes
     // per-split feature subsampling (`m`) and the per-class bootstrap. smartcore counts the
@@ -547,10 +550,208 @@ mod tests {
         let auc = roc_auc(&scores, &yt).unwrap();
         assert!(auc > 0.93, "auc {auc}");
         // Single-row and batch paths agree exactly.
-        for i in 0..50 {
-            let row = xt.row(i).to_vec();
-            assert_eq!(model.predict_proba(&row).unwrap(), scores[i]);
+        for (row, &batch) in xt.rows().into_iter().zip(&scores).take(50) {
+            assert_eq!(model.predict_proba(&row.to_vec()).unwrap(), batch);
         }
         assert!(scores.iter().all(|s| (0.0..=1.0).contains(s)));
+    }
+
+    #[test]
+    fn deterministic_for_a_seed() {
+        let (x, y) = labelled(800, 4, 0.05, 3);
+        let a = Classifier::fit(x.view(), &y, &names(4), &small_params()).unwrap();
+        let b = Classifier::fit(x.view(), &y, &names(4), &small_params()).unwrap();
+        assert_eq!(a, b);
+        let other = ClassifierParams {
+            seed: 9,
+            ..small_params()
+        };
+        let c = Classifier::fit(x.view(), &y, &names(4), &other).unwrap();
+        assert_ne!(a, c);
+    }
+
+    #[test]
+    fn probabilities_are_calibrated_to_the_base_rate() {
+        let (x, y) = labelled(6000, 5, 0.02, 21);
+        let model = Classifier::fit(x.view(), &y, &names(5), &small_params()).unwrap();
+        let scores = model.predict_proba_batch(x.view()).unwrap();
+        let mean = scores.iter().sum::<f64>() / scores.len() as f64;
+        let rate = y.iter().filter(|&&v| v).count() as f64 / y.len() as f64;
+        // The balanced forest alone would average about 0.5; the prior correction brings the
+        // mean back near the label rate (within a factor of 2 on this easy-ish problem).
+        assert!(
+            mean > rate / 2.0 && mean < rate * 2.0,
+            "mean {mean} rate {rate}"
+        );
+        let flagged_fraud = model.predict_proba(&[3.0, 3.0, 1.0, 0.0, 0.0]).unwrap();
+        let typical = model.predict_proba(&[0.0; 5]).unwrap();
+        assert!(
+            flagged_fraud > 0.3 && typical < 0.01,
+            "{flagged_fraud} {typical}"
+        );
+
+        // A higher base rate raises probabilities without changing the ranking.
+        let params = ClassifierParams {
+            base_rate: Some(0.2),
+            ..small_params()
+        };
+        let shifted = Classifier::fit(x.view(), &y, &names(5), &params).unwrap();
+        let s2 = shifted.predict_proba_batch(x.view()).unwrap();
+        assert!(s2.iter().zip(&scores).all(|(b, a)| b >= a));
+        assert_eq!(roc_auc(&s2, &y).unwrap(), roc_auc(&scores, &y).unwrap());
+    }
+
+    #[test]
+    fn explanation_follows_the_decision_paths() {
+        let (x, y) = labelled(3000, 5, 0.03, 5);
+        let model = Classifier::fit(x.view(), &y, &names(5), &small_params()).unwrap();
+        let row = [3.0, 3.0, 1.0, 0.0, 0.0];
+        let e = model.explain(&row).unwrap();
+        assert_eq!(e.score, model.predict_proba(&row).unwrap());
+        assert!((e.attribution.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+        // Contributions add up to (balanced probability − mean root fraction).
+        let signed = e.signed_contributions.clone().unwrap();
+        let roots: f64 = model
+            .forest
+            .roots
+            .iter()
+            .map(|&r| model.node_fraction[r as usize])
+            .sum::<f64>()
+            / model.forest.n_trees() as f64;
+        let balanced = model.balanced_probability(&row);
+        assert!((signed.iter().sum::<f64>() - (balanced - roots)).abs() < 1e-9);
+        // The two strongly shifted features carry most of the push towards fraud.
+        assert!(signed[0] > 0.0 && signed[1] > 0.0);
+        assert!(
+            e.attribution[0] + e.attribution[1] > 0.6,
+            "{:?}",
+            e.attribution
+        );
+    }
+
+    #[test]
+    fn missing_values_take_the_training_median() {
+        let (x, y) = labelled(1000, 3, 0.05, 8);
+        let model = Classifier::fit(x.view(), &y, &names(3), &small_params()).unwrap();
+        let m = model.medians()[0];
+        assert_eq!(
+            model.predict_proba(&[f64::NAN, 1.0, 0.5]).unwrap(),
+            model.predict_proba(&[m, 1.0, 0.5]).unwrap()
+        );
+        let p = model.predict_proba(&[f64::INFINITY, f64::NEG_INFINITY, 0.5]);
+        assert!(p.unwrap().is_finite());
+    }
+
+    #[test]
+    fn bad_training_input_is_a_named_error() {
+        let (x, y) = labelled(200, 3, 0.1, 2);
+        let n = names(3);
+        let p = small_params();
+        assert_eq!(
+            Classifier::fit(x.view(), &[], &n, &p).unwrap_err(),
+            ModelError::NoLabels
+        );
+        assert_eq!(
+            Classifier::fit(x.view(), &y[..10], &n, &p).unwrap_err(),
+            ModelError::LengthMismatch {
+                what: "labels",
+                expected: 200,
+                got: 10
+            }
+        );
+        let empty = ndarray::Array2::<f64>::zeros((0, 3));
+        assert_eq!(
+            Classifier::fit(empty.view(), &[], &n, &p).unwrap_err(),
+            ModelError::TooFewRows { needed: 2, got: 0 }
+        );
+        assert_eq!(
+            Classifier::fit(x.slice(ndarray::s![..1, ..]), &[true], &n, &p).unwrap_err(),
+            ModelError::TooFewRows { needed: 2, got: 1 }
+        );
+        let all_genuine = vec![false; 200];
+        let err = Classifier::fit(x.view(), &all_genuine, &n, &p).unwrap_err();
+        assert_eq!(
+            err,
+            ModelError::OneClass {
+                context: "classifier training",
+                positives: 0,
+                negatives: 200
+            }
+        );
+        assert!(err.to_string().contains("0 positive"));
+        let same = ndarray::Array2::from_elem((20, 3), 1.5);
+        let labels: Vec<bool> = (0..20).map(|i| i % 2 == 0).collect();
+        assert_eq!(
+            Classifier::fit(same.view(), &labels, &n, &p).unwrap_err(),
+            ModelError::IdenticalRows { rows: 20 }
+        );
+        let mut inf_col = x.clone();
+        inf_col.column_mut(2).fill(f64::INFINITY);
+        assert!(matches!(
+            Classifier::fit(inf_col.view(), &y, &n, &p),
+            Err(ModelError::NoFiniteValues { .. })
+        ));
+        for bad in [
+            ClassifierParams {
+                n_trees: 0,
+                ..small_params()
+            },
+            ClassifierParams {
+                max_depth: 0,
+                ..small_params()
+            },
+            ClassifierParams {
+                max_features: Some(4),
+                ..small_params()
+            },
+            ClassifierParams {
+                negatives_per_positive: f64::NAN,
+                ..small_params()
+            },
+            ClassifierParams {
+                base_rate: Some(1.0),
+                ..small_params()
+            },
+            ClassifierParams {
+                min_samples_leaf: 0,
+                ..small_params()
+            },
+        ] {
+            let err = Classifier::fit(x.view(), &y, &n, &bad).unwrap_err();
+            assert!(matches!(err, ModelError::InvalidParameter { .. }), "{err}");
+        }
+        let model = Classifier::fit(x.view(), &y, &n, &p).unwrap();
+        assert_eq!(
+            model.predict_proba(&[0.0; 2]).unwrap_err(),
+            ModelError::RowLength {
+                expected: 3,
+                got: 2
+            }
+        );
+    }
+
+    #[test]
+    fn non_finite_training_values_are_tolerated() {
+        let (mut x, y) = labelled(500, 3, 0.1, 4);
+        x[[0, 0]] = f64::NAN;
+        x[[1, 1]] = f64::INFINITY;
+        x[[2, 2]] = f64::NEG_INFINITY;
+        let model = Classifier::fit(x.view(), &y, &names(3), &small_params()).unwrap();
+        assert!(model.forest.nodes.iter().all(|n| n.value.is_finite()));
+    }
+
+    #[test]
+    fn sample_cap_and_ratio_shape_each_tree() {
+        let (x, y) = labelled(2000, 4, 0.05, 6);
+        let params = ClassifierParams {
+            max_samples: Some(60),
+            negatives_per_positive: 2.0,
+            n_trees: 5,
+            ..small_params()
+        };
+        let model = Classifier::fit(x.view(), &y, &names(4), &params).unwrap();
+        // 60 / (1 + 2) = 20 positives and 40 negatives per tree.
+        assert!((model.sample_rate - 20.0 / 60.0).abs() < 1e-12);
+        assert!(model.node_count() > model.forest.n_trees());
     }
 }

@@ -121,7 +121,10 @@ impl IsolationForest {
         params: &IsolationForestParams,
     ) -> Result<Self> {
         params.validate()?;
-        let names: Vec<String> = feature_names.iter().map(|s| s.as_ref().to_owned()).collect();
+        let names: Vec<String> = feature_names
+            .iter()
+            .map(|s| s.as_ref().to_owned())
+            .collect();
         check_feature_names(&names, x.ncols())?;
         let n = x.nrows();
         if n < 2 {
@@ -392,5 +395,246 @@ impl Builder {
         self.nodes
             .push(Node::leaf(depth as f64 + average_path_length(size)));
         self.sizes.push(size_u32);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::roc_auc;
+    use crate::testutil::{blob, gaussian, names};
+    use ndarray::{concatenate, s, Array2, Axis};
+
+    fn params(seed: u64) -> IsolationForestParams {
+        IsolationForestParams {
+            seed,
+            ..IsolationForestParams::default()
+        }
+    }
+
+    #[test]
+    fn c_n_matches_the_paper() {
+        assert_eq!(average_path_length(0), 0.0);
+        assert_eq!(average_path_length(1), 0.0);
+        assert_eq!(average_path_length(2), 1.0);
+        // 2(ln 255 + γ) − 2·255/256, the normaliser for the default sample of 256.
+        assert!((average_path_length(256) - 10.244_770_920_119_917).abs() < 1e-12);
+    }
+
+    #[test]
+    fn far_points_rank_top() {
+        // Far on both axes: an isolation forest scores any point beyond the sample's hull like
+        // the hull's edge on the axes it is not extreme in, so [12, 0] ranks with the blob's
+        // most extreme corners. scikit-learn behaves the same (checked on this data shape).
+        let p = 2;
+        let normal = blob(1000, p, 1);
+        let far = ndarray::array![
+            [7.0, 7.0],
+            [-7.0, 7.0],
+            [7.0, -7.0],
+            [-7.0, -7.0],
+            [9.0, -5.0]
+        ];
+        let x = concatenate(Axis(0), &[normal.view(), far.view()]).unwrap();
+        let model = IsolationForest::fit(x.view(), &names(p), &params(42)).unwrap();
+        let scores = model.score_batch(x.view()).unwrap();
+        let mut order: Vec<usize> = (0..scores.len()).collect();
+        order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+        let mut top: Vec<usize> = order[..5].to_vec();
+        top.sort_unstable();
+        assert_eq!(top, vec![1000, 1001, 1002, 1003, 1004]);
+        assert!(
+            scores[1000..].iter().all(|&s| s > 0.6),
+            "{:?}",
+            &scores[1000..]
+        );
+        let mean_normal: f64 = scores[..1000].iter().sum::<f64>() / 1000.0;
+        assert!(mean_normal < 0.5, "mean normal score {mean_normal}");
+    }
+
+    #[test]
+    fn auc_against_scattered_outliers() {
+        let p = 5;
+        let mut rng = TrainRng::new(9);
+        let normal = blob(2000, p, 3);
+        // Outliers: uniform in a wide box, at least 4.5 from the origin in some coordinate.
+        let outliers = Array2::from_shape_fn((40, p), |(_, j)| {
+            let v = (rng.unit() - 0.5) * 14.0;
+            if j == 0 {
+                v.signum() * (4.5 + rng.unit() * 2.0)
+            } else {
+                v
+            }
+        });
+        let x = concatenate(Axis(0), &[normal.view(), outliers.view()]).unwrap();
+        let labels: Vec<bool> = (0..x.nrows()).map(|i| i >= 2000).collect();
+        let model = IsolationForest::fit(x.view(), &names(p), &params(42)).unwrap();
+        let scores = model.score_batch(x.view()).unwrap();
+        let auc = roc_auc(&scores, &labels).unwrap();
+        assert!(auc > 0.95, "auc {auc}");
+    }
+
+    #[test]
+    fn deterministic_for_a_seed() {
+        let x = blob(600, 3, 5);
+        let a = IsolationForest::fit(x.view(), &names(3), &params(7)).unwrap();
+        let b = IsolationForest::fit(x.view(), &names(3), &params(7)).unwrap();
+        let c = IsolationForest::fit(x.view(), &names(3), &params(8)).unwrap();
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        let row = [0.3, -1.2, 2.0];
+        assert_eq!(a.score(&row).unwrap(), b.score(&row).unwrap());
+    }
+
+    #[test]
+    fn constant_column_is_never_split_and_does_not_matter() {
+        let mut x = blob(500, 3, 2);
+        x.slice_mut(s![.., 1]).fill(4.0);
+        let model = IsolationForest::fit(x.view(), &names(3), &params(1)).unwrap();
+        assert!(model
+            .forest
+            .nodes
+            .iter()
+            .all(|n| n.is_leaf() || n.feature != 1));
+        let a = model.score(&[0.5, 4.0, -0.5]).unwrap();
+        let b = model.score(&[0.5, 1e6, -0.5]).unwrap();
+        assert_eq!(a, b);
+        let e = model.explain(&[3.0, 4.0, 0.0]).unwrap();
+        assert_eq!(e.attribution[1], 0.0);
+    }
+
+    #[test]
+    fn single_row_batch_and_explain_agree() {
+        let x = blob(300, 4, 4);
+        let model = IsolationForest::fit(x.view(), &names(4), &params(3)).unwrap();
+        let batch = model.score_batch(x.view()).unwrap();
+        for (row, &from_batch) in x.rows().into_iter().zip(&batch) {
+            let row = row.to_vec();
+            let single = model.score(&row).unwrap();
+            assert_eq!(single, from_batch);
+            let e = model.explain(&row).unwrap();
+            assert!((e.score - single).abs() < 1e-12);
+            assert!((e.attribution.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+            assert!(e.average_path_length.unwrap() > 0.0);
+            assert!((0.0..=1.0).contains(&single));
+        }
+    }
+
+    #[test]
+    fn explain_names_the_isolating_feature() {
+        let x = blob(1000, 4, 8);
+        let model = IsolationForest::fit(x.view(), &names(4), &params(5)).unwrap();
+        let e = model.explain(&[0.1, 0.0, 9.0, -0.1]).unwrap();
+        let top = (0..4)
+            .max_by(|&a, &b| e.attribution[a].total_cmp(&e.attribution[b]))
+            .unwrap();
+        assert_eq!(top, 2, "{:?}", e.attribution);
+        assert!(e.attribution[2] > 0.5, "{:?}", e.attribution);
+    }
+
+    #[test]
+    fn missing_value_scores_as_the_median_and_inf_as_an_extreme() {
+        let x = blob(400, 3, 6);
+        let model = IsolationForest::fit(x.view(), &names(3), &params(2)).unwrap();
+        let m = model.medians()[1];
+        assert_eq!(
+            model.score(&[0.2, f64::NAN, 0.1]).unwrap(),
+            model.score(&[0.2, m, 0.1]).unwrap()
+        );
+        let inf = model.score(&[0.2, f64::INFINITY, 0.1]).unwrap();
+        assert_eq!(inf, model.score(&[0.2, 1e300, 0.1]).unwrap());
+        assert!(inf > model.score(&[0.2, 0.0, 0.1]).unwrap());
+    }
+
+    #[test]
+    fn non_finite_training_values_are_imputed_or_clipped() {
+        let mut x = blob(300, 3, 10);
+        x[[0, 0]] = f64::NAN;
+        x[[1, 1]] = f64::INFINITY;
+        x[[2, 2]] = f64::NEG_INFINITY;
+        let model = IsolationForest::fit(x.view(), &names(3), &params(4)).unwrap();
+        assert!(model.forest.nodes.iter().all(|n| n.value.is_finite()));
+        let scores = model.score_batch(x.view()).unwrap();
+        assert!(scores.iter().all(|s| s.is_finite()));
+    }
+
+    #[test]
+    fn bad_training_input_is_a_named_error() {
+        let n = names(2);
+        let empty = Array2::<f64>::zeros((0, 2));
+        assert_eq!(
+            IsolationForest::fit(empty.view(), &n, &params(1)).unwrap_err(),
+            ModelError::TooFewRows { needed: 2, got: 0 }
+        );
+        let one = ndarray::array![[1.0, 2.0]];
+        assert_eq!(
+            IsolationForest::fit(one.view(), &n, &params(1)).unwrap_err(),
+            ModelError::TooFewRows { needed: 2, got: 1 }
+        );
+        let same = Array2::from_elem((50, 2), 3.0);
+        assert_eq!(
+            IsolationForest::fit(same.view(), &n, &params(1)).unwrap_err(),
+            ModelError::IdenticalRows { rows: 50 }
+        );
+        let mut nan_col = blob(20, 2, 1);
+        nan_col.slice_mut(s![.., 1]).fill(f64::NAN);
+        let err = IsolationForest::fit(nan_col.view(), &n, &params(1)).unwrap_err();
+        assert!(err.to_string().contains("\"f1\""), "{err}");
+        let x = blob(20, 2, 1);
+        assert!(matches!(
+            IsolationForest::fit(x.view(), &names(3), &params(1)),
+            Err(ModelError::FeatureNameCount { .. })
+        ));
+        let no_cols = Array2::<f64>::zeros((5, 0));
+        let none: [&str; 0] = [];
+        assert_eq!(
+            IsolationForest::fit(no_cols.view(), &none, &params(1)).unwrap_err(),
+            ModelError::NoFeatures
+        );
+        for bad in [
+            IsolationForestParams {
+                n_trees: 0,
+                ..params(1)
+            },
+            IsolationForestParams {
+                sample_size: 1,
+                ..params(1)
+            },
+            IsolationForestParams {
+                max_depth: Some(0),
+                ..params(1)
+            },
+        ] {
+            let err = IsolationForest::fit(x.view(), &n, &bad).unwrap_err();
+            assert!(matches!(err, ModelError::InvalidParameter { .. }), "{err}");
+        }
+    }
+
+    #[test]
+    fn small_data_clips_sample_size_and_depth() {
+        let mut rng = TrainRng::new(3);
+        let x = Array2::from_shape_fn((10, 2), |_| gaussian(&mut rng));
+        let model = IsolationForest::fit(x.view(), &names(2), &params(1)).unwrap();
+        assert_eq!(model.sample_size(), 10);
+        assert_eq!(model.max_depth(), 4);
+        let two = ndarray::array![[0.0, 1.0], [1.0, 1.0]];
+        let model = IsolationForest::fit(two.view(), &names(2), &params(1)).unwrap();
+        // Each of the two points is isolated by the single cut: h = 1 = c(2), s = 0.5.
+        assert_eq!(model.score(&[0.0, 1.0]).unwrap(), 0.5);
+    }
+
+    #[test]
+    fn wrong_row_length_is_an_error() {
+        let x = blob(50, 3, 1);
+        let model = IsolationForest::fit(x.view(), &names(3), &params(1)).unwrap();
+        assert_eq!(
+            model.score(&[1.0, 2.0]).unwrap_err(),
+            ModelError::RowLength {
+                expected: 3,
+                got: 2
+            }
+        );
+        assert!(model.explain(&[1.0; 4]).is_err());
+        assert!(model.score_batch(Array2::zeros((2, 2)).view()).is_err());
     }
 }

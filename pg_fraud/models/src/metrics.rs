@@ -174,3 +174,153 @@ fn sorted_order(scores: &[f64], descending: bool) -> Vec<usize> {
     }
     order
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const F: bool = false;
+    const T: bool = true;
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-12
+    }
+
+    #[test]
+    fn hand_computed_with_ties() {
+        // Pairs (pos, neg): (0.2,0.2) ½, (0.2,0.5) 0, (0.5,0.2) 1, (0.5,0.5) ½, (0.9,·) 1+1 → 4/6.
+        let labels = [F, T, F, T, T];
+        let scores = [0.2, 0.2, 0.5, 0.5, 0.9];
+        assert!(close(roc_auc(&scores, &labels).unwrap(), 4.0 / 6.0));
+        // Thresholds 0.9, 0.5, 0.2: (R, P) = (1/3, 1), (2/3, 2/3), (1, 3/5).
+        let ap = (1.0 + 2.0 / 3.0 + 3.0 / 5.0) / 3.0;
+        assert!(close(average_precision(&scores, &labels).unwrap(), ap));
+    }
+
+    #[test]
+    fn perfect_inverted_and_constant_rankings() {
+        let labels = [F, F, T, T];
+        assert_eq!(roc_auc(&[0.1, 0.2, 0.8, 0.9], &labels).unwrap(), 1.0);
+        assert_eq!(roc_auc(&[0.9, 0.8, 0.2, 0.1], &labels).unwrap(), 0.0);
+        assert_eq!(roc_auc(&[0.5; 4], &labels).unwrap(), 0.5);
+        assert_eq!(
+            average_precision(&[0.1, 0.2, 0.8, 0.9], &labels).unwrap(),
+            1.0
+        );
+        assert_eq!(average_precision(&[0.5; 4], &labels).unwrap(), 0.5);
+        assert_eq!(average_precision(&[0.3, 0.1], &[T, T]).unwrap(), 1.0);
+        // −0 and +0 are the same score.
+        assert_eq!(roc_auc(&[-0.0, 0.0], &[T, F]).unwrap(), 0.5);
+        // Infinite scores rank.
+        assert_eq!(
+            roc_auc(&[f64::NEG_INFINITY, f64::INFINITY], &[F, T]).unwrap(),
+            1.0
+        );
+    }
+
+    /// Values printed once by scikit-learn 1.9.1 for this exact input:
+    /// `roc_auc_score`, `average_precision_score`, and `precision_score` / `recall_score` /
+    /// `f1_score` / `confusion_matrix` of `scores >= 0.5`.
+    #[test]
+    fn matches_scikit_learn() {
+        let scores = [
+            0.6, 0.6, 0.3, 0.1, 0.0, 0.8, 0.4, 0.8, 0.8, 0.6, 0.2, 0.5, 0.8, 0.3, 0.7, 0.7, 0.7,
+            0.5, 0.2, 0.4, 0.8, 0.4, 0.5, 0.2, 0.5, 0.5, 0.3, 0.9, 0.5, 0.8, 0.5, 0.7, 0.2, 0.6,
+            0.8, 0.4, 0.5, 0.5, 0.6, 0.6,
+        ];
+        let labels = [
+            F, T, F, F, F, T, T, T, F, T, F, F, T, F, T, F, F, F, F, F, T, F, T, F, T, T, F, T, T,
+            T, F, T, F, T, F, F, F, F, F, T,
+        ];
+        assert!(close(
+            roc_auc(&scores, &labels).unwrap(),
+            0.8017902813299232
+        ));
+        assert!(close(
+            average_precision(&scores, &labels).unwrap(),
+            0.6863974980673273
+        ));
+        let c = confusion(&scores, &labels, 0.5).unwrap();
+        assert_eq!(
+            c,
+            Confusion {
+                true_negatives: 12,
+                false_positives: 11,
+                false_negatives: 1,
+                true_positives: 16
+            }
+        );
+        assert!(close(c.precision().unwrap(), 0.5925925925925926));
+        assert!(close(c.recall().unwrap(), 0.9411764705882353));
+        assert!(close(c.f1().unwrap(), 0.7272727272727273));
+        assert_eq!(c.total(), 40);
+    }
+
+    #[test]
+    fn undefined_inputs_are_errors() {
+        assert_eq!(
+            roc_auc(&[], &[]).unwrap_err(),
+            ModelError::EmptyInput { metric: "ROC AUC" }
+        );
+        assert!(matches!(
+            average_precision(&[], &[]),
+            Err(ModelError::EmptyInput { .. })
+        ));
+        assert!(matches!(
+            confusion(&[], &[], 0.5),
+            Err(ModelError::EmptyInput { .. })
+        ));
+        assert_eq!(
+            roc_auc(&[0.1, 0.2], &[T, T]).unwrap_err(),
+            ModelError::OneClass {
+                context: "ROC AUC",
+                positives: 2,
+                negatives: 0
+            }
+        );
+        assert!(matches!(
+            roc_auc(&[0.1, 0.2], &[F, F]),
+            Err(ModelError::OneClass { .. })
+        ));
+        assert_eq!(
+            average_precision(&[0.1, 0.2], &[F, F]).unwrap_err(),
+            ModelError::NoPositives {
+                metric: "average precision",
+                rows: 2
+            }
+        );
+        assert_eq!(
+            roc_auc(&[0.1, f64::NAN], &[T, F]).unwrap_err(),
+            ModelError::NanScore { index: 1 }
+        );
+        assert!(matches!(
+            average_precision(&[f64::NAN], &[T]),
+            Err(ModelError::NanScore { index: 0 })
+        ));
+        assert!(matches!(
+            roc_auc(&[0.1, 0.2], &[T]),
+            Err(ModelError::LengthMismatch { .. })
+        ));
+        assert!(matches!(
+            confusion(&[0.1], &[T], f64::NAN),
+            Err(ModelError::InvalidParameter { .. })
+        ));
+    }
+
+    #[test]
+    fn ratios_undefined_without_denominator() {
+        let none_flagged = confusion(&[0.1, 0.2], &[T, F], 0.9).unwrap();
+        assert_eq!(none_flagged.precision(), None);
+        assert_eq!(none_flagged.recall(), Some(0.0));
+        assert_eq!(none_flagged.f1(), None);
+        let no_fraud = confusion(&[0.1, 0.9], &[F, F], 0.5).unwrap();
+        assert_eq!(no_fraud.recall(), None);
+        assert_eq!(no_fraud.precision(), Some(0.0));
+        let zero = Confusion {
+            false_positives: 1,
+            false_negatives: 1,
+            ..Confusion::default()
+        };
+        assert_eq!(zero.f1(), Some(0.0));
+    }
+}

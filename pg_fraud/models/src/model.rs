@@ -185,3 +185,157 @@ impl Model {
         Ok(model)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classifier::ClassifierParams;
+    use crate::iforest::IsolationForestParams;
+    use crate::testutil::{blob, labelled, names};
+
+    fn small_forest() -> Model {
+        let x = blob(200, 3, 1);
+        let params = IsolationForestParams {
+            n_trees: 4,
+            sample_size: 16,
+            ..IsolationForestParams::default()
+        };
+        IsolationForest::fit(x.view(), &names(3), &params)
+            .unwrap()
+            .into()
+    }
+
+    fn small_classifier() -> Model {
+        let (x, y) = labelled(300, 3, 0.1, 2);
+        let params = ClassifierParams {
+            n_trees: 3,
+            max_depth: 4,
+            ..ClassifierParams::default()
+        };
+        Classifier::fit(x.view(), &y, &names(3), &params)
+            .unwrap()
+            .into()
+    }
+
+    #[test]
+    fn round_trip_preserves_scores_exactly() {
+        let x = blob(500, 3, 9);
+        for model in [small_forest(), small_classifier()] {
+            let bytes = model.to_bytes().unwrap();
+            assert_eq!(bytes[..8], MAGIC);
+            let back = Model::from_bytes(&bytes).unwrap();
+            assert_eq!(back, model);
+            assert_eq!(back.kind(), model.kind());
+            for row in x.rows() {
+                let row = row.to_vec();
+                assert_eq!(
+                    back.score(&row).unwrap().to_bits(),
+                    model.score(&row).unwrap().to_bits()
+                );
+            }
+            assert_eq!(
+                back.score_batch(x.view()).unwrap(),
+                model.score_batch(x.view()).unwrap()
+            );
+            assert_eq!(back.explain(&[0.0; 3]), model.explain(&[0.0; 3]));
+            assert_eq!(back.to_bytes().unwrap(), bytes);
+            assert_eq!(
+                back.score(&[1.0]).unwrap_err(),
+                ModelError::RowLength {
+                    expected: 3,
+                    got: 1
+                }
+            );
+            assert_eq!(back.summary()["kind"], model.kind());
+        }
+    }
+
+    #[test]
+    fn every_truncation_is_an_error() {
+        for model in [small_forest(), small_classifier()] {
+            let bytes = model.to_bytes().unwrap();
+            for len in 0..bytes.len() {
+                let err = Model::from_bytes(&bytes[..len]).unwrap_err();
+                assert!(
+                    matches!(err, ModelError::Corrupt { .. }),
+                    "len {len}: {err}"
+                );
+            }
+            let mut longer = bytes.clone();
+            longer.push(0);
+            assert!(Model::from_bytes(&longer).is_err());
+        }
+    }
+
+    #[test]
+    fn every_single_byte_corruption_is_an_error() {
+        for model in [small_forest(), small_classifier()] {
+            let bytes = model.to_bytes().unwrap();
+            let mut copy = bytes.clone();
+            for i in 0..bytes.len() {
+                // Every value in the header; three patterns (low bit, high bit, all bits) in
+                // the payload, where the CRC catches any error confined to one byte.
+                let masks: Vec<u8> = if i < HEADER_LEN {
+                    (1..=255).collect()
+                } else {
+                    vec![0x01, 0x80, 0xff]
+                };
+                for mask in masks {
+                    copy[i] ^= mask;
+                    let result = Model::from_bytes(&copy);
+                    assert!(
+                        matches!(
+                            result,
+                            Err(ModelError::Corrupt { .. } | ModelError::UnsupportedVersion { .. })
+                        ),
+                        "byte {i} ^ {mask:#x}: {result:?}"
+                    );
+                    copy[i] ^= mask;
+                }
+            }
+            assert_eq!(copy, bytes);
+        }
+    }
+
+    #[test]
+    fn a_checksummed_but_inconsistent_model_is_refused() {
+        let Model::IsolationForest(mut forest) = small_forest() else {
+            unreachable!()
+        };
+        let split = forest
+            .forest
+            .nodes
+            .iter()
+            .position(|n| !n.is_leaf())
+            .unwrap();
+        forest.forest.nodes[split].right = u32::MAX - 1;
+        let bytes = Model::from(forest).to_bytes().unwrap();
+        let err = Model::from_bytes(&bytes).unwrap_err();
+        assert!(err.to_string().contains("child indices"), "{err}");
+
+        let Model::Classifier(mut clf) = small_classifier() else {
+            unreachable!()
+        };
+        clf.medians.pop();
+        let bytes = Model::from(clf).to_bytes().unwrap();
+        assert!(matches!(
+            Model::from_bytes(&bytes),
+            Err(ModelError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn foreign_and_future_blobs() {
+        let err = Model::from_bytes(b"{\"json\": true, \"not\": \"a model\"}").unwrap_err();
+        assert!(err.to_string().contains("magic"), "{err}");
+        let mut bytes = small_forest().to_bytes().unwrap();
+        bytes[8] = 2;
+        assert_eq!(
+            Model::from_bytes(&bytes).unwrap_err(),
+            ModelError::UnsupportedVersion {
+                found: 2,
+                supported: 1
+            }
+        );
+    }
+}

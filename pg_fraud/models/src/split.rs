@@ -175,3 +175,109 @@ pub fn train_classifier<S: AsRef<str>>(
     };
     Ok((model, report))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{labelled, names};
+
+    #[test]
+    fn latest_rows_validate() {
+        let ts = [50, 10, 40, 20, 30, 60, 70, 80, 90, 100];
+        let s = time_split(&ts, 0.3).unwrap();
+        assert_eq!(s.cutoff, 80);
+        assert_eq!(s.validation, vec![7, 8, 9]);
+        assert_eq!(s.train, vec![0, 1, 2, 3, 4, 5, 6]);
+    }
+
+    #[test]
+    fn ties_stay_on_one_side() {
+        let ts = [1, 2, 3, 3, 3, 3];
+        let s = time_split(&ts, 0.2).unwrap();
+        assert_eq!(s.cutoff, 3);
+        assert_eq!(s.validation, vec![2, 3, 4, 5]);
+        // The cutoff would be the earliest timestamp: it moves to the next one.
+        let ts = [5, 5, 5, 9];
+        let s = time_split(&ts, 0.9).unwrap();
+        assert_eq!((s.train, s.validation), (vec![0, 1, 2], vec![3]));
+    }
+
+    #[test]
+    fn impossible_splits_are_errors() {
+        assert_eq!(
+            time_split(&[7, 7, 7], 0.5).unwrap_err(),
+            ModelError::EmptySplit {
+                side: "train",
+                rows: 3,
+                distinct: 1
+            }
+        );
+        assert!(matches!(
+            time_split(&[1], 0.5),
+            Err(ModelError::TooFewRows { needed: 2, got: 1 })
+        ));
+        for f in [0.0, 1.0, -0.1, f64::NAN] {
+            assert!(matches!(
+                time_split(&[1, 2, 3], f),
+                Err(ModelError::InvalidParameter { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn train_classifier_reports_held_out_quality() {
+        let (x, y) = labelled(3000, 5, 0.03, 31);
+        let ts: Vec<i64> = (0..3000).map(|i| 1_000_000 + i * 60).collect();
+        let params = ClassifierParams {
+            n_trees: 30,
+            max_depth: 8,
+            ..ClassifierParams::default()
+        };
+        let config = TrainConfig {
+            validation_fraction: 0.25,
+            threshold: 0.2,
+        };
+        let (model, report) =
+            train_classifier(x.view(), &y, &ts, &names(5), &params, &config).unwrap();
+        assert_eq!(report.train_rows, 2250);
+        assert_eq!(report.validation_rows, 750);
+        assert_eq!(model.training_rows(), 2250);
+        assert_eq!(
+            report.train_positives + report.validation_positives,
+            y.iter().filter(|&&v| v).count()
+        );
+        assert_eq!(report.confusion.total(), 750);
+        assert!(report.auc.unwrap() > 0.9, "{report:?}");
+        assert!(report.average_precision.unwrap() > 0.3, "{report:?}");
+        assert_eq!(report.precision, report.confusion.precision());
+        let json = serde_json::to_value(&report).unwrap();
+        assert!(json["auc"].is_number());
+        assert!(json["confusion"]["true_positives"].is_number());
+    }
+
+    #[test]
+    fn train_classifier_checks_lengths() {
+        let (x, y) = labelled(100, 3, 0.1, 1);
+        let ts: Vec<i64> = (0..100).collect();
+        let p = ClassifierParams::default();
+        let c = TrainConfig::default();
+        let n = names(3);
+        assert!(matches!(
+            train_classifier(x.view(), &y, &ts[..50], &n, &p, &c),
+            Err(ModelError::LengthMismatch {
+                what: "timestamps",
+                ..
+            })
+        ));
+        assert_eq!(
+            train_classifier(x.view(), &[], &ts, &n, &p, &c).unwrap_err(),
+            ModelError::NoLabels
+        );
+        // All fraud in the validation window: training has one class.
+        let late_fraud: Vec<bool> = (0..100).map(|i| i >= 90).collect();
+        assert!(matches!(
+            train_classifier(x.view(), &late_fraud, &ts, &n, &p, &c),
+            Err(ModelError::OneClass { .. })
+        ));
+    }
+}

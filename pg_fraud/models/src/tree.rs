@@ -237,9 +237,15 @@ mod tests {
         assert_eq!(f.leaf_value(0, &[2.0, 4.0], &fill), 20.0);
         assert_eq!(f.leaf_value(0, &[2.0, f64::NAN], &fill), 30.0);
         assert_eq!(f.leaf_value(0, &[f64::NAN, 100.0], &fill), 10.0);
-        assert_eq!(f.leaf_value(0, &[f64::INFINITY, f64::NEG_INFINITY], &fill), 20.0);
+        assert_eq!(
+            f.leaf_value(0, &[f64::INFINITY, f64::NEG_INFINITY], &fill),
+            20.0
+        );
         let x = ndarray::array![[0.5, 0.0], [2.0, 4.0], [2.0, f64::NAN]];
-        assert_eq!(f.sum_leaf_values_batch(x.view(), &fill), vec![10.0, 20.0, 30.0]);
+        assert_eq!(
+            f.sum_leaf_values_batch(x.view(), &fill),
+            vec![10.0, 20.0, 30.0]
+        );
         assert!(f.validate(2).is_ok());
         assert!(f.validate(1).is_err());
     }
