@@ -1,0 +1,122 @@
+//! One row, end to end: mapped values → key states → features → rules (+ model) → outcome,
+//! and, when inserting, the state updates and the alert.
+
+use pgrx::pg_sys;
+use pgrx::spi::SpiClient;
+
+use fraud_core::features::{self, FeatureConfig, FeatureVector, KeyStates};
+use fraud_core::score::{self, ModelSignal, Outcome};
+use fraud_core::state::{Kind, State};
+
+use crate::catalog::{Config, Watch};
+use crate::error::Result;
+use crate::gucs;
+use crate::rowread::RowValues;
+use crate::store::{self, KeyId};
+
+/// Why a row is being scored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// In the BEFORE INSERT trigger: reads pending state, records the event.
+    Insert,
+    /// From `fraud_score` / `fraud_explain`: reads committed state, changes nothing.
+    Query,
+}
+
+/// Everything known about a scored row.
+pub struct Scored {
+    /// The row's mapped values.
+    pub row: RowValues,
+    /// The time the row was scored (and recorded) at, µs since the Unix epoch.
+    pub t_us: i64,
+    /// Its features.
+    pub features: FeatureVector,
+    /// The decision.
+    pub outcome: Outcome,
+    /// The model's signal, if a model is active.
+    pub model: Option<ModelSignal>,
+    /// Rules evaluated.
+    pub rules_evaluated: usize,
+}
+
+/// The keys of a row, in [`KeyStates`] order: entity, merchant, device, ip.
+pub fn key_ids(watch_id: i32, row: &RowValues) -> [Option<KeyId>; 4] {
+    let id = |kind, v: &Option<String>| v.as_ref().map(|k| KeyId { watch: watch_id, kind, key: k.clone() });
+    [
+        id(Kind::Entity, &row.entity),
+        id(Kind::Merchant, &row.merchant),
+        id(Kind::Device, &row.device),
+        id(Kind::Ip, &row.ip),
+    ]
+}
+
+/// The instant a row is scored at: its own timestamp, or now when NULL/infinite, and never
+/// further in the future than `pg_fraud.max_future_skew` (a bad clock must not push an
+/// entity's velocity window days ahead and empty it).
+pub fn effective_time(row: &RowValues, now_us: i64) -> i64 {
+    let skew_us = gucs::MAX_FUTURE_SKEW.get() as i64 * 1_000_000;
+    row.t_us.unwrap_or(now_us).min(now_us.saturating_add(skew_us))
+}
+
+/// The database clock (statement start), µs since the Unix epoch.
+pub fn now_us() -> i64 {
+    // SAFETY: reads the statement start timestamp of the current transaction.
+    crate::rowread::timestamptz_to_unix_us(unsafe { pg_sys::GetCurrentStatementStartTimestamp() })
+}
+
+fn feature_config() -> FeatureConfig {
+    FeatureConfig { zscore_clip: gucs::ZSCORE_CLIP.get(), ..FeatureConfig::default() }
+}
+
+/// Scores one row.
+pub fn score(client: &SpiClient<'_>, cfg: &Config, watch: &Watch, row: RowValues, mode: Mode) -> Result<Scored> {
+    let now = now_us();
+    let t_us = effective_time(&row, now);
+    let ids = key_ids(watch.id, &row);
+    let txn = row.txn(t_us, now);
+    let fcfg = feature_config();
+    let fv = match mode {
+        Mode::Insert => {
+            let present: Vec<KeyId> = ids.iter().flatten().cloned().collect();
+            store::ensure_loaded(client, &present)?;
+            store::with_states(
+                &[ids[0].as_ref(), ids[1].as_ref(), ids[2].as_ref(), ids[3].as_ref()],
+                |[entity, merchant, device, ip]| {
+                    features::compute(&txn, &KeyStates { entity, merchant, device, ip }, &fcfg)
+                },
+            )
+        }
+        Mode::Query => {
+            let read =
+                |id: &Option<KeyId>| -> Result<Option<State>> { id.as_ref().map(store::read_cached).transpose() };
+            let (e, m, d, i) = (read(&ids[0])?, read(&ids[1])?, read(&ids[2])?, read(&ids[3])?);
+            features::compute(
+                &txn,
+                &KeyStates { entity: e.as_ref(), merchant: m.as_ref(), device: d.as_ref(), ip: i.as_ref() },
+                &fcfg,
+            )
+        }
+    };
+    let rules = cfg.rules_for(watch.relid);
+    let model = None;
+    let outcome = score::decide(&rules, &fv, model.as_ref(), &gucs::thresholds());
+    Ok(Scored { row, t_us, features: fv, outcome, model, rules_evaluated: rules.len() })
+}
+
+/// Records a scored row's event in its keys' pending states (insert mode).
+pub fn record(watch: &Watch, scored: &Scored) {
+    let ids = key_ids(watch.id, &scored.row);
+    let ev = scored.row.txn(scored.t_us, scored.t_us).event(scored.t_us);
+    for (id, kind) in ids.iter().zip(Kind::ALL) {
+        if let Some(id) = id {
+            store::update(id, |s| s.record(kind, &ev));
+        }
+    }
+}
+
+/// Records an alert on the row's merchant (merchant alert rate).
+pub fn record_alert(watch: &Watch, scored: &Scored) {
+    if let Some(m) = &key_ids(watch.id, &scored.row)[1] {
+        store::update(m, |s| s.record_alert(scored.t_us));
+    }
+}
