@@ -18,9 +18,7 @@ use ndarray::{s, Array2};
 const LATENCY_ROWS: usize = 20_000;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let path = std::env::args()
-        .nth(1)
-        .ok_or("usage: bench <data.csv> [rf_max_samples]")?;
+    let path = std::env::args().nth(1).ok_or("usage: bench <data.csv> [rf_max_samples]")?;
     let rf_max_samples: usize = match std::env::args().nth(2) {
         Some(v) => v.parse()?,
         None => 20_000,
@@ -32,12 +30,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (y_train, y_test) = (&labels[..cut], &labels[cut..]);
 
     // Isolation forest: scikit-learn's defaults (100 trees, 256 rows, depth ceil(log2 256)).
-    let if_params = IsolationForestParams {
-        n_trees: 100,
-        sample_size: 256,
-        max_depth: None,
-        seed: 42,
-    };
+    let if_params = IsolationForestParams { n_trees: 100, sample_size: 256, max_depth: None, seed: 42 };
     let t = Instant::now();
     let iforest = IsolationForest::fit(train, &names, &if_params)?;
     let if_fit = t.elapsed().as_secs_f64();
@@ -99,12 +92,7 @@ fn latencies(
     x: ndarray::ArrayView2<'_, f64>,
     mut score: impl FnMut(&[f64]) -> fraud_models::Result<()>,
 ) -> fraud_models::Result<(f64, f64)> {
-    let rows: Vec<Vec<f64>> = x
-        .rows()
-        .into_iter()
-        .take(LATENCY_ROWS)
-        .map(|r| r.to_vec())
-        .collect();
+    let rows: Vec<Vec<f64>> = x.rows().into_iter().take(LATENCY_ROWS).map(|r| r.to_vec()).collect();
     let mut times = Vec::with_capacity(rows.len());
     for row in &rows {
         let t = Instant::now();

@@ -22,9 +22,7 @@
 
 use ndarray::ArrayView2;
 use serde::{Deserialize, Serialize};
-use smartcore::ensemble::random_forest_classifier::{
-    RandomForestClassifier, RandomForestClassifierParameters,
-};
+use smartcore::ensemble::random_forest_classifier::{RandomForestClassifier, RandomForestClassifierParameters};
 use smartcore::linalg::basic::matrix::DenseMatrix;
 
 use crate::data::{check_feature_names, column_stats};
@@ -106,25 +104,16 @@ impl ClassifierParams {
         }
         if let Some(s) = self.max_samples {
             if s < 2 {
-                return Err(ModelError::param(
-                    "max_samples",
-                    format!("must be at least 2, got {s}"),
-                ));
+                return Err(ModelError::param("max_samples", format!("must be at least 2, got {s}")));
             }
         }
         let r = self.negatives_per_positive;
         if !(r.is_finite() && r > 0.0 && r <= 1000.0) {
-            return Err(ModelError::param(
-                "negatives_per_positive",
-                format!("must be in (0, 1000], got {r}"),
-            ));
+            return Err(ModelError::param("negatives_per_positive", format!("must be in (0, 1000], got {r}")));
         }
         if let Some(b) = self.base_rate {
             if !(b > 0.0 && b < 1.0) {
-                return Err(ModelError::param(
-                    "base_rate",
-                    format!("must be strictly between 0 and 1, got {b}"),
-                ));
+                return Err(ModelError::param("base_rate", format!("must be strictly between 0 and 1, got {b}")));
             }
         }
         Ok(())
@@ -168,11 +157,7 @@ impl Classifier {
             return Err(ModelError::NoLabels);
         }
         if labels.len() != x.nrows() {
-            return Err(ModelError::LengthMismatch {
-                what: "labels",
-                expected: x.nrows(),
-                got: labels.len(),
-            });
+            return Err(ModelError::LengthMismatch { what: "labels", expected: x.nrows(), got: labels.len() });
         }
         let rows: Vec<usize> = (0..x.nrows()).collect();
         Self::fit_rows(x, labels, &rows, feature_names, params)
@@ -186,17 +171,11 @@ impl Classifier {
         feature_names: &[S],
         params: &ClassifierParams,
     ) -> Result<Self> {
-        let names: Vec<String> = feature_names
-            .iter()
-            .map(|s| s.as_ref().to_owned())
-            .collect();
+        let names: Vec<String> = feature_names.iter().map(|s| s.as_ref().to_owned()).collect();
         check_feature_names(&names, x.ncols())?;
         params.validate(x.ncols())?;
         if rows.len() < 2 {
-            return Err(ModelError::TooFewRows {
-                needed: 2,
-                got: rows.len(),
-            });
+            return Err(ModelError::TooFewRows { needed: 2, got: rows.len() });
         }
         let (pos, neg): (Vec<usize>, Vec<usize>) = rows.iter().partition(|&&i| labels[i]);
         if pos.is_empty() || neg.is_empty() {
@@ -209,22 +188,16 @@ impl Classifier {
         let stats = column_stats(x, rows, &names)?;
 
         let ratio = params.negatives_per_positive;
-        let pos_cap = params.max_samples.map_or(usize::MAX, |s| {
-            ((s as f64 / (1.0 + ratio)).floor() as usize).max(1)
-        });
+        let pos_cap = params.max_samples.map_or(usize::MAX, |s| ((s as f64 / (1.0 + ratio)).floor() as usize).max(1));
         let n_pos = pos.len().min(pos_cap);
         let n_neg = ((n_pos as f64 * ratio).round() as usize).clamp(1, neg.len());
         let sample_rate = n_pos as f64 / (n_pos + n_neg) as f64;
-        let base_rate = params
-            .base_rate
-            .unwrap_or(pos.len() as f64 / rows.len() as f64);
+        let base_rate = params.base_rate.unwrap_or(pos.len() as f64 / rows.len() as f64);
         let odds = |p: f64| p / (1.0 - p);
         let odds_ratio = odds(base_rate) / odds(sample_rate);
 
         let p = x.ncols();
-        let mtry = params
-            .max_features
-            .unwrap_or_else(|| ((p as f64).sqrt().floor() as usize).max(1));
+        let mtry = params.max_features.unwrap_or_else(|| ((p as f64).sqrt().floor() as usize).max(1));
         let mut rng = TrainRng::new(params.seed);
         let mut nodes = Vec::new();
         let mut fractions = Vec::new();
@@ -272,10 +245,7 @@ impl Classifier {
     /// by block.
     pub fn predict_proba_batch(&self, x: ArrayView2<'_, f64>) -> Result<Vec<f64>> {
         if x.ncols() != self.feature_names.len() {
-            return Err(ModelError::RowLength {
-                expected: self.feature_names.len(),
-                got: x.ncols(),
-            });
+            return Err(ModelError::RowLength { expected: self.feature_names.len(), got: x.ncols() });
         }
         let trees = self.forest.n_trees() as f64;
         let mut out = self.forest.sum_leaf_values_batch(x, &self.medians);
@@ -297,8 +267,7 @@ impl Classifier {
         let mut total = 0.0;
         for &root in &self.forest.roots {
             let leaf = self.forest.walk(root, row, &self.medians, |from, to| {
-                signed[self.forest.nodes[from].feature as usize] +=
-                    self.node_fraction[to] - self.node_fraction[from];
+                signed[self.forest.nodes[from].feature as usize] += self.node_fraction[to] - self.node_fraction[from];
             });
             total += self.forest.nodes[leaf].value;
         }
@@ -352,10 +321,7 @@ impl Classifier {
 
     fn check_row(&self, row: &[f64]) -> Result<()> {
         if row.len() != self.feature_names.len() {
-            return Err(ModelError::RowLength {
-                expected: self.feature_names.len(),
-                got: row.len(),
-            });
+            return Err(ModelError::RowLength { expected: self.feature_names.len(), got: row.len() });
         }
         Ok(())
     }
@@ -422,8 +388,7 @@ fn grow_tree(
     seed: u64,
 ) -> Result<LearnedTree> {
     let learner_error = |e: &dyn std::fmt::Display| ModelError::Learner(e.to_string());
-    let matrix =
-        DenseMatrix::new(y.len(), p, values.to_vec(), false).map_err(|e| learner_error(&e))?;
+    let matrix = DenseMatrix::new(y.len(), p, values.to_vec(), false).map_err(|e| learner_error(&e))?;
     let y = y.to_vec();
     // A one-tree smartcore forest rather than a bare decision tree: only the forest exposes
     // per-split feature subsampling (`m`) and the per-class bootstrap. smartcore counts the
@@ -434,14 +399,16 @@ fn grow_tree(
         .with_min_samples_leaf(params.min_samples_leaf)
         .with_m(mtry)
         .with_seed(seed);
+    // smartcore unwraps internally; our inputs are checked so it should never panic, but a
+    // panic inside a Postgres backend is still an ERROR without context, so turn one into a
+    // `Learner` error that says where it came from.
     let fitted: RandomForestClassifier<f64, u32, DenseMatrix<f64>, Vec<u32>> =
-        RandomForestClassifier::fit(&matrix, &y, sc_params).map_err(|e| learner_error(&e))?;
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| RandomForestClassifier::fit(&matrix, &y, sc_params)))
+            .map_err(|_| ModelError::Learner("smartcore panicked while growing a tree".into()))?
+            .map_err(|e| learner_error(&e))?;
     let form = serde_json::to_value(&fitted).map_err(|e| learner_error(&e))?;
     let learned: LearnedForest = serde_json::from_value(form).map_err(|e| learner_error(&e))?;
-    learned
-        .trees
-        .and_then(|mut t| t.pop())
-        .ok_or_else(|| ModelError::Learner("smartcore returned no tree".into()))
+    learned.trees.and_then(|mut t| t.pop()).ok_or_else(|| ModelError::Learner("smartcore returned no tree".into()))
 }
 
 /// Flattens a smartcore tree into pre-order `nodes`, then routes the tree's sample through it
@@ -468,11 +435,7 @@ fn append_tree(
             if node.is_leaf() {
                 break;
             }
-            i = if row[node.feature as usize] <= node.value {
-                i + 1
-            } else {
-                node.right as usize
-            };
+            i = if row[node.feature as usize] <= node.value { i + 1 } else { node.right as usize };
         }
     }
     // Pre-order puts parents first, so a node the sample never reached (possible only if a
@@ -500,9 +463,7 @@ fn append_tree(
 }
 
 fn flatten(learned: &[LearnedNode], i: usize, out: &mut Vec<Node>, depth: usize) -> Result<()> {
-    let node = learned
-        .get(i)
-        .ok_or_else(|| ModelError::Learner(format!("tree node {i} is missing")))?;
+    let node = learned.get(i).ok_or_else(|| ModelError::Learner(format!("tree node {i} is missing")))?;
     if depth > usize::from(MAX_DEPTH) + 1 {
         return Err(ModelError::Learner("tree deeper than max_depth".into()));
     }
@@ -511,11 +472,7 @@ fn flatten(learned: &[LearnedNode], i: usize, out: &mut Vec<Node>, depth: usize)
             let feature = u32::try_from(node.split_feature)
                 .map_err(|_| ModelError::Learner("split feature out of range".into()))?;
             let me = out.len();
-            out.push(Node {
-                value: threshold,
-                feature,
-                right: 0,
-            });
+            out.push(Node { value: threshold, feature, right: 0 });
             flatten(learned, left, out, depth + 1)?;
             out[me].right = node_index(out.len())?;
             flatten(learned, right, out, depth + 1)
@@ -534,11 +491,7 @@ mod tests {
     use crate::testutil::{labelled, names};
 
     fn small_params() -> ClassifierParams {
-        ClassifierParams {
-            n_trees: 30,
-            max_depth: 8,
-            ..ClassifierParams::default()
-        }
+        ClassifierParams { n_trees: 30, max_depth: 8, ..ClassifierParams::default() }
     }
 
     #[test]
@@ -562,10 +515,7 @@ mod tests {
         let a = Classifier::fit(x.view(), &y, &names(4), &small_params()).unwrap();
         let b = Classifier::fit(x.view(), &y, &names(4), &small_params()).unwrap();
         assert_eq!(a, b);
-        let other = ClassifierParams {
-            seed: 9,
-            ..small_params()
-        };
+        let other = ClassifierParams { seed: 9, ..small_params() };
         let c = Classifier::fit(x.view(), &y, &names(4), &other).unwrap();
         assert_ne!(a, c);
     }
@@ -579,22 +529,13 @@ mod tests {
         let rate = y.iter().filter(|&&v| v).count() as f64 / y.len() as f64;
         // The balanced forest alone would average about 0.5; the prior correction brings the
         // mean back near the label rate (within a factor of 2 on this easy-ish problem).
-        assert!(
-            mean > rate / 2.0 && mean < rate * 2.0,
-            "mean {mean} rate {rate}"
-        );
+        assert!(mean > rate / 2.0 && mean < rate * 2.0, "mean {mean} rate {rate}");
         let flagged_fraud = model.predict_proba(&[3.0, 3.0, 1.0, 0.0, 0.0]).unwrap();
         let typical = model.predict_proba(&[0.0; 5]).unwrap();
-        assert!(
-            flagged_fraud > 0.3 && typical < 0.01,
-            "{flagged_fraud} {typical}"
-        );
+        assert!(flagged_fraud > 0.3 && typical < 0.01, "{flagged_fraud} {typical}");
 
         // A higher base rate raises probabilities without changing the ranking.
-        let params = ClassifierParams {
-            base_rate: Some(0.2),
-            ..small_params()
-        };
+        let params = ClassifierParams { base_rate: Some(0.2), ..small_params() };
         let shifted = Classifier::fit(x.view(), &y, &names(5), &params).unwrap();
         let s2 = shifted.predict_proba_batch(x.view()).unwrap();
         assert!(s2.iter().zip(&scores).all(|(b, a)| b >= a));
@@ -611,22 +552,13 @@ mod tests {
         assert!((e.attribution.iter().sum::<f64>() - 1.0).abs() < 1e-9);
         // Contributions add up to (balanced probability − mean root fraction).
         let signed = e.signed_contributions.clone().unwrap();
-        let roots: f64 = model
-            .forest
-            .roots
-            .iter()
-            .map(|&r| model.node_fraction[r as usize])
-            .sum::<f64>()
+        let roots: f64 = model.forest.roots.iter().map(|&r| model.node_fraction[r as usize]).sum::<f64>()
             / model.forest.n_trees() as f64;
         let balanced = model.balanced_probability(&row);
         assert!((signed.iter().sum::<f64>() - (balanced - roots)).abs() < 1e-9);
         // The two strongly shifted features carry most of the push towards fraud.
         assert!(signed[0] > 0.0 && signed[1] > 0.0);
-        assert!(
-            e.attribution[0] + e.attribution[1] > 0.6,
-            "{:?}",
-            e.attribution
-        );
+        assert!(e.attribution[0] + e.attribution[1] > 0.6, "{:?}", e.attribution);
     }
 
     #[test]
@@ -634,10 +566,7 @@ mod tests {
         let (x, y) = labelled(1000, 3, 0.05, 8);
         let model = Classifier::fit(x.view(), &y, &names(3), &small_params()).unwrap();
         let m = model.medians()[0];
-        assert_eq!(
-            model.predict_proba(&[f64::NAN, 1.0, 0.5]).unwrap(),
-            model.predict_proba(&[m, 1.0, 0.5]).unwrap()
-        );
+        assert_eq!(model.predict_proba(&[f64::NAN, 1.0, 0.5]).unwrap(), model.predict_proba(&[m, 1.0, 0.5]).unwrap());
         let p = model.predict_proba(&[f64::INFINITY, f64::NEG_INFINITY, 0.5]);
         assert!(p.unwrap().is_finite());
     }
@@ -647,17 +576,10 @@ mod tests {
         let (x, y) = labelled(200, 3, 0.1, 2);
         let n = names(3);
         let p = small_params();
-        assert_eq!(
-            Classifier::fit(x.view(), &[], &n, &p).unwrap_err(),
-            ModelError::NoLabels
-        );
+        assert_eq!(Classifier::fit(x.view(), &[], &n, &p).unwrap_err(), ModelError::NoLabels);
         assert_eq!(
             Classifier::fit(x.view(), &y[..10], &n, &p).unwrap_err(),
-            ModelError::LengthMismatch {
-                what: "labels",
-                expected: 200,
-                got: 10
-            }
+            ModelError::LengthMismatch { what: "labels", expected: 200, got: 10 }
         );
         let empty = ndarray::Array2::<f64>::zeros((0, 3));
         assert_eq!(
@@ -670,64 +592,27 @@ mod tests {
         );
         let all_genuine = vec![false; 200];
         let err = Classifier::fit(x.view(), &all_genuine, &n, &p).unwrap_err();
-        assert_eq!(
-            err,
-            ModelError::OneClass {
-                context: "classifier training",
-                positives: 0,
-                negatives: 200
-            }
-        );
+        assert_eq!(err, ModelError::OneClass { context: "classifier training", positives: 0, negatives: 200 });
         assert!(err.to_string().contains("0 positive"));
         let same = ndarray::Array2::from_elem((20, 3), 1.5);
         let labels: Vec<bool> = (0..20).map(|i| i % 2 == 0).collect();
-        assert_eq!(
-            Classifier::fit(same.view(), &labels, &n, &p).unwrap_err(),
-            ModelError::IdenticalRows { rows: 20 }
-        );
+        assert_eq!(Classifier::fit(same.view(), &labels, &n, &p).unwrap_err(), ModelError::IdenticalRows { rows: 20 });
         let mut inf_col = x.clone();
         inf_col.column_mut(2).fill(f64::INFINITY);
-        assert!(matches!(
-            Classifier::fit(inf_col.view(), &y, &n, &p),
-            Err(ModelError::NoFiniteValues { .. })
-        ));
+        assert!(matches!(Classifier::fit(inf_col.view(), &y, &n, &p), Err(ModelError::NoFiniteValues { .. })));
         for bad in [
-            ClassifierParams {
-                n_trees: 0,
-                ..small_params()
-            },
-            ClassifierParams {
-                max_depth: 0,
-                ..small_params()
-            },
-            ClassifierParams {
-                max_features: Some(4),
-                ..small_params()
-            },
-            ClassifierParams {
-                negatives_per_positive: f64::NAN,
-                ..small_params()
-            },
-            ClassifierParams {
-                base_rate: Some(1.0),
-                ..small_params()
-            },
-            ClassifierParams {
-                min_samples_leaf: 0,
-                ..small_params()
-            },
+            ClassifierParams { n_trees: 0, ..small_params() },
+            ClassifierParams { max_depth: 0, ..small_params() },
+            ClassifierParams { max_features: Some(4), ..small_params() },
+            ClassifierParams { negatives_per_positive: f64::NAN, ..small_params() },
+            ClassifierParams { base_rate: Some(1.0), ..small_params() },
+            ClassifierParams { min_samples_leaf: 0, ..small_params() },
         ] {
             let err = Classifier::fit(x.view(), &y, &n, &bad).unwrap_err();
             assert!(matches!(err, ModelError::InvalidParameter { .. }), "{err}");
         }
         let model = Classifier::fit(x.view(), &y, &n, &p).unwrap();
-        assert_eq!(
-            model.predict_proba(&[0.0; 2]).unwrap_err(),
-            ModelError::RowLength {
-                expected: 3,
-                got: 2
-            }
-        );
+        assert_eq!(model.predict_proba(&[0.0; 2]).unwrap_err(), ModelError::RowLength { expected: 3, got: 2 });
     }
 
     #[test]
@@ -743,12 +628,8 @@ mod tests {
     #[test]
     fn sample_cap_and_ratio_shape_each_tree() {
         let (x, y) = labelled(2000, 4, 0.05, 6);
-        let params = ClassifierParams {
-            max_samples: Some(60),
-            negatives_per_positive: 2.0,
-            n_trees: 5,
-            ..small_params()
-        };
+        let params =
+            ClassifierParams { max_samples: Some(60), negatives_per_positive: 2.0, n_trees: 5, ..small_params() };
         let model = Classifier::fit(x.view(), &y, &names(4), &params).unwrap();
         // 60 / (1 + 2) = 20 positives and 40 negatives per tree.
         assert!((model.sample_rate - 20.0 / 60.0).abs() < 1e-12);

@@ -50,10 +50,7 @@ pub(crate) fn check_feature_names(names: &[String], columns: usize) -> Result<()
         return Err(ModelError::NoFeatures);
     }
     if names.len() != columns {
-        return Err(ModelError::FeatureNameCount {
-            names: names.len(),
-            columns,
-        });
+        return Err(ModelError::FeatureNameCount { names: names.len(), columns });
     }
     let mut seen = std::collections::HashSet::with_capacity(names.len());
     for name in names {
@@ -66,33 +63,19 @@ pub(crate) fn check_feature_names(names: &[String], columns: usize) -> Result<()
 
 /// Median, min and max of the finite values of each column over `rows`, refusing columns
 /// with no finite value and data where every column is constant (all rows identical).
-pub(crate) fn column_stats(
-    x: ArrayView2<'_, f64>,
-    rows: &[usize],
-    names: &[String],
-) -> Result<ColumnStats> {
+pub(crate) fn column_stats(x: ArrayView2<'_, f64>, rows: &[usize], names: &[String]) -> Result<ColumnStats> {
     let p = x.ncols();
-    let mut stats = ColumnStats {
-        medians: Vec::with_capacity(p),
-        mins: Vec::with_capacity(p),
-        maxs: Vec::with_capacity(p),
-    };
+    let mut stats =
+        ColumnStats { medians: Vec::with_capacity(p), mins: Vec::with_capacity(p), maxs: Vec::with_capacity(p) };
     // One scratch column at a time keeps extra memory at O(rows), not O(rows x features).
     let mut finite = Vec::with_capacity(rows.len());
     for j in 0..p {
         finite.clear();
         finite.extend(rows.iter().map(|&i| x[[i, j]]).filter(|v| v.is_finite()));
         if finite.is_empty() {
-            return Err(ModelError::NoFiniteValues {
-                feature: names[j].clone(),
-                rows: rows.len(),
-            });
+            return Err(ModelError::NoFiniteValues { feature: names[j].clone(), rows: rows.len() });
         }
-        let (min, max) = finite
-            .iter()
-            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
-                (lo.min(v), hi.max(v))
-            });
+        let (min, max) = finite.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
         stats.medians.push(median_in_place(&mut finite));
         stats.mins.push(min);
         stats.maxs.push(max);
@@ -135,12 +118,7 @@ mod tests {
 
     #[test]
     fn stats_ignore_non_finite_and_clean_maps_them() {
-        let x = array![
-            [1.0, f64::NAN],
-            [f64::INFINITY, 2.0],
-            [3.0, 4.0],
-            [f64::NEG_INFINITY, 6.0]
-        ];
+        let x = array![[1.0, f64::NAN], [f64::INFINITY, 2.0], [3.0, 4.0], [f64::NEG_INFINITY, 6.0]];
         let s = column_stats(x.view(), &[0, 1, 2, 3], &names(2)).unwrap();
         assert_eq!(s.medians, vec![2.0, 4.0]);
         assert_eq!(s.clean(0, f64::INFINITY), 3.0);
@@ -153,13 +131,7 @@ mod tests {
     fn all_nan_column_is_named() {
         let x = array![[1.0, f64::NAN], [2.0, f64::INFINITY]];
         let err = column_stats(x.view(), &[0, 1], &names(2)).unwrap_err();
-        assert_eq!(
-            err,
-            ModelError::NoFiniteValues {
-                feature: "f1".into(),
-                rows: 2
-            }
-        );
+        assert_eq!(err, ModelError::NoFiniteValues { feature: "f1".into(), rows: 2 });
         assert!(err.to_string().contains("\"f1\""));
     }
 
@@ -175,16 +147,10 @@ mod tests {
         assert_eq!(check_feature_names(&[], 0), Err(ModelError::NoFeatures));
         assert!(matches!(
             check_feature_names(&names(2), 3),
-            Err(ModelError::FeatureNameCount {
-                names: 2,
-                columns: 3
-            })
+            Err(ModelError::FeatureNameCount { names: 2, columns: 3 })
         ));
         let dup = vec!["a".to_string(), "a".to_string()];
-        assert!(matches!(
-            check_feature_names(&dup, 2),
-            Err(ModelError::BadFeatureName { .. })
-        ));
+        assert!(matches!(check_feature_names(&dup, 2), Err(ModelError::BadFeatureName { .. })));
         let empty = vec!["a".to_string(), " ".to_string()];
         assert!(check_feature_names(&empty, 2).is_err());
     }

@@ -49,9 +49,7 @@ pub enum ModelError {
     },
 
     /// A feature column has no finite value at all, so it cannot be imputed or split on.
-    #[error(
-        "feature {feature:?} has no finite value in {rows} training rows (all NaN or ±Infinity)"
-    )]
+    #[error("feature {feature:?} has no finite value in {rows} training rows (all NaN or ±Infinity)")]
     NoFiniteValues {
         /// The feature's name.
         feature: String,
@@ -123,9 +121,7 @@ pub enum ModelError {
     },
 
     /// A time split would leave one side empty.
-    #[error(
-        "time split leaves the {side} set empty ({rows} rows, {distinct} distinct timestamps)"
-    )]
+    #[error("time split leaves the {side} set empty ({rows} rows, {distinct} distinct timestamps)")]
     EmptySplit {
         /// `"train"` or `"validation"`.
         side: &'static str,
@@ -147,9 +143,7 @@ pub enum ModelError {
     },
 
     /// A serialized model was written by a newer (or unknown) format version.
-    #[error(
-        "model format version {found} is not supported (this build reads version {supported})"
-    )]
+    #[error("model format version {found} is not supported (this build reads version {supported})")]
     UnsupportedVersion {
         /// Version in the blob.
         found: u16,
@@ -160,16 +154,11 @@ pub enum ModelError {
 
 impl ModelError {
     pub(crate) fn corrupt(reason: impl Into<String>) -> Self {
-        ModelError::Corrupt {
-            reason: reason.into(),
-        }
+        ModelError::Corrupt { reason: reason.into() }
     }
 
     pub(crate) fn param(name: &'static str, reason: impl Into<String>) -> Self {
-        ModelError::InvalidParameter {
-            name,
-            reason: reason.into(),
-        }
+        ModelError::InvalidParameter { name, reason: reason.into() }
     }
 }
 

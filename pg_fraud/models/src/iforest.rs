@@ -55,12 +55,7 @@ pub struct IsolationForestParams {
 
 impl Default for IsolationForestParams {
     fn default() -> Self {
-        IsolationForestParams {
-            n_trees: 100,
-            sample_size: 256,
-            max_depth: None,
-            seed: 42,
-        }
+        IsolationForestParams { n_trees: 100, sample_size: 256, max_depth: None, seed: 42 }
     }
 }
 
@@ -73,17 +68,11 @@ impl IsolationForestParams {
             ));
         }
         if self.sample_size < 2 {
-            return Err(ModelError::param(
-                "sample_size",
-                format!("must be at least 2, got {}", self.sample_size),
-            ));
+            return Err(ModelError::param("sample_size", format!("must be at least 2, got {}", self.sample_size)));
         }
         if let Some(d) = self.max_depth {
             if !(1..=64).contains(&d) {
-                return Err(ModelError::param(
-                    "max_depth",
-                    format!("must be between 1 and 64, got {d}"),
-                ));
+                return Err(ModelError::param("max_depth", format!("must be between 1 and 64, got {d}")));
             }
         }
         Ok(())
@@ -121,10 +110,7 @@ impl IsolationForest {
         params: &IsolationForestParams,
     ) -> Result<Self> {
         params.validate()?;
-        let names: Vec<String> = feature_names
-            .iter()
-            .map(|s| s.as_ref().to_owned())
-            .collect();
+        let names: Vec<String> = feature_names.iter().map(|s| s.as_ref().to_owned()).collect();
         check_feature_names(&names, x.ncols())?;
         let n = x.nrows();
         if n < 2 {
@@ -135,9 +121,7 @@ impl IsolationForest {
         drop(all_rows);
 
         let psi = params.sample_size.min(n);
-        let max_depth = params
-            .max_depth
-            .unwrap_or_else(|| (psi as f64).log2().ceil().max(1.0) as usize);
+        let max_depth = params.max_depth.unwrap_or_else(|| (psi as f64).log2().ceil().max(1.0) as usize);
         let p = x.ncols();
         let mut rng = TrainRng::new(params.seed);
         let mut builder = Builder {
@@ -161,10 +145,7 @@ impl IsolationForest {
         Ok(IsolationForest {
             feature_names: names,
             medians: stats.medians,
-            forest: Forest {
-                nodes: builder.nodes,
-                roots,
-            },
+            forest: Forest { nodes: builder.nodes, roots },
             node_sizes: builder.sizes,
             sample_size: psi,
             max_depth,
@@ -184,10 +165,7 @@ impl IsolationForest {
     /// [`score`](Self::score) for every row of `x`, walking the trees block by block.
     pub fn score_batch(&self, x: ArrayView2<'_, f64>) -> Result<Vec<f64>> {
         if x.ncols() != self.feature_names.len() {
-            return Err(ModelError::RowLength {
-                expected: self.feature_names.len(),
-                got: x.ncols(),
-            });
+            return Err(ModelError::RowLength { expected: self.feature_names.len(), got: x.ncols() });
         }
         let trees = self.forest.n_trees() as f64;
         let mut out = self.forest.sum_leaf_values_batch(x, &self.medians);
@@ -213,9 +191,7 @@ impl IsolationForest {
         let mut total_depth = 0.0;
         for &root in &self.forest.roots {
             steps.clear();
-            let leaf = self
-                .forest
-                .walk(root, row, &self.medians, |from, to| steps.push((from, to)));
+            let leaf = self.forest.walk(root, row, &self.medians, |from, to| steps.push((from, to)));
             let h = self.forest.nodes[leaf].value;
             total_depth += h;
             if h <= 0.0 {
@@ -224,11 +200,7 @@ impl IsolationForest {
             for &(from, to) in &steps {
                 let parent = f64::from(self.node_sizes[from]);
                 let child = f64::from(self.node_sizes[to]);
-                let cut_away = if parent > 0.0 {
-                    1.0 - child / parent
-                } else {
-                    0.0
-                };
+                let cut_away = if parent > 0.0 { 1.0 - child / parent } else { 0.0 };
                 credit[self.forest.nodes[from].feature as usize] += cut_away / h;
             }
         }
@@ -278,10 +250,7 @@ impl IsolationForest {
 
     fn check_row(&self, row: &[f64]) -> Result<()> {
         if row.len() != self.feature_names.len() {
-            return Err(ModelError::RowLength {
-                expected: self.feature_names.len(),
-                got: row.len(),
-            });
+            return Err(ModelError::RowLength { expected: self.feature_names.len(), got: row.len() });
         }
         Ok(())
     }
@@ -353,9 +322,7 @@ impl Builder {
             let col = &self.sample[j * self.psi..(j + 1) * self.psi];
             let (lo, hi) = members
                 .iter()
-                .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &m| {
-                    (lo.min(col[m]), hi.max(col[m]))
-                });
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &m| (lo.min(col[m]), hi.max(col[m])));
             if lo < hi {
                 let mut t = lo + rng.unit() * (hi - lo);
                 // Rounding can land t on hi, which would send everything left.
@@ -379,11 +346,7 @@ impl Builder {
             }
         }
         let me = self.nodes.len();
-        self.nodes.push(Node {
-            value: t,
-            feature: j as u32,
-            right: 0,
-        });
+        self.nodes.push(Node { value: t, feature: j as u32, right: 0 });
         self.sizes.push(size_u32);
         let (l, r) = members.split_at_mut(left);
         self.grow(l, depth + 1, rng)?;
@@ -392,8 +355,7 @@ impl Builder {
     }
 
     fn push_leaf(&mut self, depth: usize, size: usize, size_u32: u32) {
-        self.nodes
-            .push(Node::leaf(depth as f64 + average_path_length(size)));
+        self.nodes.push(Node::leaf(depth as f64 + average_path_length(size)));
         self.sizes.push(size_u32);
     }
 }
@@ -406,10 +368,7 @@ mod tests {
     use ndarray::{concatenate, s, Array2, Axis};
 
     fn params(seed: u64) -> IsolationForestParams {
-        IsolationForestParams {
-            seed,
-            ..IsolationForestParams::default()
-        }
+        IsolationForestParams { seed, ..IsolationForestParams::default() }
     }
 
     #[test]
@@ -428,13 +387,7 @@ mod tests {
         // most extreme corners. scikit-learn behaves the same (checked on this data shape).
         let p = 2;
         let normal = blob(1000, p, 1);
-        let far = ndarray::array![
-            [7.0, 7.0],
-            [-7.0, 7.0],
-            [7.0, -7.0],
-            [-7.0, -7.0],
-            [9.0, -5.0]
-        ];
+        let far = ndarray::array![[7.0, 7.0], [-7.0, 7.0], [7.0, -7.0], [-7.0, -7.0], [9.0, -5.0]];
         let x = concatenate(Axis(0), &[normal.view(), far.view()]).unwrap();
         let model = IsolationForest::fit(x.view(), &names(p), &params(42)).unwrap();
         let scores = model.score_batch(x.view()).unwrap();
@@ -443,11 +396,7 @@ mod tests {
         let mut top: Vec<usize> = order[..5].to_vec();
         top.sort_unstable();
         assert_eq!(top, vec![1000, 1001, 1002, 1003, 1004]);
-        assert!(
-            scores[1000..].iter().all(|&s| s > 0.6),
-            "{:?}",
-            &scores[1000..]
-        );
+        assert!(scores[1000..].iter().all(|&s| s > 0.6), "{:?}", &scores[1000..]);
         let mean_normal: f64 = scores[..1000].iter().sum::<f64>() / 1000.0;
         assert!(mean_normal < 0.5, "mean normal score {mean_normal}");
     }
@@ -491,11 +440,7 @@ mod tests {
         let mut x = blob(500, 3, 2);
         x.slice_mut(s![.., 1]).fill(4.0);
         let model = IsolationForest::fit(x.view(), &names(3), &params(1)).unwrap();
-        assert!(model
-            .forest
-            .nodes
-            .iter()
-            .all(|n| n.is_leaf() || n.feature != 1));
+        assert!(model.forest.nodes.iter().all(|n| n.is_leaf() || n.feature != 1));
         let a = model.score(&[0.5, 4.0, -0.5]).unwrap();
         let b = model.score(&[0.5, 1e6, -0.5]).unwrap();
         assert_eq!(a, b);
@@ -525,9 +470,7 @@ mod tests {
         let x = blob(1000, 4, 8);
         let model = IsolationForest::fit(x.view(), &names(4), &params(5)).unwrap();
         let e = model.explain(&[0.1, 0.0, 9.0, -0.1]).unwrap();
-        let top = (0..4)
-            .max_by(|&a, &b| e.attribution[a].total_cmp(&e.attribution[b]))
-            .unwrap();
+        let top = (0..4).max_by(|&a, &b| e.attribution[a].total_cmp(&e.attribution[b])).unwrap();
         assert_eq!(top, 2, "{:?}", e.attribution);
         assert!(e.attribution[2] > 0.5, "{:?}", e.attribution);
     }
@@ -537,10 +480,7 @@ mod tests {
         let x = blob(400, 3, 6);
         let model = IsolationForest::fit(x.view(), &names(3), &params(2)).unwrap();
         let m = model.medians()[1];
-        assert_eq!(
-            model.score(&[0.2, f64::NAN, 0.1]).unwrap(),
-            model.score(&[0.2, m, 0.1]).unwrap()
-        );
+        assert_eq!(model.score(&[0.2, f64::NAN, 0.1]).unwrap(), model.score(&[0.2, m, 0.1]).unwrap());
         let inf = model.score(&[0.2, f64::INFINITY, 0.1]).unwrap();
         assert_eq!(inf, model.score(&[0.2, 1e300, 0.1]).unwrap());
         assert!(inf > model.score(&[0.2, 0.0, 0.1]).unwrap());
@@ -587,23 +527,11 @@ mod tests {
         ));
         let no_cols = Array2::<f64>::zeros((5, 0));
         let none: [&str; 0] = [];
-        assert_eq!(
-            IsolationForest::fit(no_cols.view(), &none, &params(1)).unwrap_err(),
-            ModelError::NoFeatures
-        );
+        assert_eq!(IsolationForest::fit(no_cols.view(), &none, &params(1)).unwrap_err(), ModelError::NoFeatures);
         for bad in [
-            IsolationForestParams {
-                n_trees: 0,
-                ..params(1)
-            },
-            IsolationForestParams {
-                sample_size: 1,
-                ..params(1)
-            },
-            IsolationForestParams {
-                max_depth: Some(0),
-                ..params(1)
-            },
+            IsolationForestParams { n_trees: 0, ..params(1) },
+            IsolationForestParams { sample_size: 1, ..params(1) },
+            IsolationForestParams { max_depth: Some(0), ..params(1) },
         ] {
             let err = IsolationForest::fit(x.view(), &n, &bad).unwrap_err();
             assert!(matches!(err, ModelError::InvalidParameter { .. }), "{err}");
@@ -627,13 +555,7 @@ mod tests {
     fn wrong_row_length_is_an_error() {
         let x = blob(50, 3, 1);
         let model = IsolationForest::fit(x.view(), &names(3), &params(1)).unwrap();
-        assert_eq!(
-            model.score(&[1.0, 2.0]).unwrap_err(),
-            ModelError::RowLength {
-                expected: 3,
-                got: 2
-            }
-        );
+        assert_eq!(model.score(&[1.0, 2.0]).unwrap_err(), ModelError::RowLength { expected: 3, got: 2 });
         assert!(model.explain(&[1.0; 4]).is_err());
         assert!(model.score_batch(Array2::zeros((2, 2)).view()).is_err());
     }

@@ -25,29 +25,19 @@ pub struct Confusion {
 impl Confusion {
     /// TP / (TP + FP); `None` when nothing was predicted positive.
     pub fn precision(&self) -> Option<f64> {
-        ratio(
-            self.true_positives,
-            self.true_positives + self.false_positives,
-        )
+        ratio(self.true_positives, self.true_positives + self.false_positives)
     }
 
     /// TP / (TP + FN); `None` when there is no positive row.
     pub fn recall(&self) -> Option<f64> {
-        ratio(
-            self.true_positives,
-            self.true_positives + self.false_negatives,
-        )
+        ratio(self.true_positives, self.true_positives + self.false_negatives)
     }
 
     /// Harmonic mean of precision and recall; `None` when either is undefined, 0 when both
     /// are 0.
     pub fn f1(&self) -> Option<f64> {
         let (p, r) = (self.precision()?, self.recall()?);
-        Some(if p + r > 0.0 {
-            2.0 * p * r / (p + r)
-        } else {
-            0.0
-        })
+        Some(if p + r > 0.0 { 2.0 * p * r / (p + r) } else { 0.0 })
     }
 
     /// Number of rows counted.
@@ -85,11 +75,7 @@ pub fn roc_auc(scores: &[f64], labels: &[bool]) -> Result<f64> {
     let positives = labels.iter().filter(|&&y| y).count();
     let negatives = labels.len() - positives;
     if positives == 0 || negatives == 0 {
-        return Err(ModelError::OneClass {
-            context: "ROC AUC",
-            positives,
-            negatives,
-        });
+        return Err(ModelError::OneClass { context: "ROC AUC", positives, negatives });
     }
     let order = sorted_order(scores, false);
     // Sum of the (1-based, tie-averaged) ranks of the positive rows.
@@ -117,10 +103,7 @@ pub fn average_precision(scores: &[f64], labels: &[bool]) -> Result<f64> {
     check("average precision", scores, labels)?;
     let positives = labels.iter().filter(|&&y| y).count();
     if positives == 0 {
-        return Err(ModelError::NoPositives {
-            metric: "average precision",
-            rows: labels.len(),
-        });
+        return Err(ModelError::NoPositives { metric: "average precision", rows: labels.len() });
     }
     let order = sorted_order(scores, true);
     let (mut tp, mut fp) = (0usize, 0usize);
@@ -148,11 +131,7 @@ pub fn average_precision(scores: &[f64], labels: &[bool]) -> Result<f64> {
 
 fn check(metric: &'static str, scores: &[f64], labels: &[bool]) -> Result<()> {
     if scores.len() != labels.len() {
-        return Err(ModelError::LengthMismatch {
-            what: "labels",
-            expected: scores.len(),
-            got: labels.len(),
-        });
+        return Err(ModelError::LengthMismatch { what: "labels", expected: scores.len(), got: labels.len() });
     }
     if scores.is_empty() {
         return Err(ModelError::EmptyInput { metric });
@@ -203,19 +182,13 @@ mod tests {
         assert_eq!(roc_auc(&[0.1, 0.2, 0.8, 0.9], &labels).unwrap(), 1.0);
         assert_eq!(roc_auc(&[0.9, 0.8, 0.2, 0.1], &labels).unwrap(), 0.0);
         assert_eq!(roc_auc(&[0.5; 4], &labels).unwrap(), 0.5);
-        assert_eq!(
-            average_precision(&[0.1, 0.2, 0.8, 0.9], &labels).unwrap(),
-            1.0
-        );
+        assert_eq!(average_precision(&[0.1, 0.2, 0.8, 0.9], &labels).unwrap(), 1.0);
         assert_eq!(average_precision(&[0.5; 4], &labels).unwrap(), 0.5);
         assert_eq!(average_precision(&[0.3, 0.1], &[T, T]).unwrap(), 1.0);
         // −0 and +0 are the same score.
         assert_eq!(roc_auc(&[-0.0, 0.0], &[T, F]).unwrap(), 0.5);
         // Infinite scores rank.
-        assert_eq!(
-            roc_auc(&[f64::NEG_INFINITY, f64::INFINITY], &[F, T]).unwrap(),
-            1.0
-        );
+        assert_eq!(roc_auc(&[f64::NEG_INFINITY, f64::INFINITY], &[F, T]).unwrap(), 1.0);
     }
 
     /// Values printed once by scikit-learn 1.9.1 for this exact input:
@@ -224,32 +197,17 @@ mod tests {
     #[test]
     fn matches_scikit_learn() {
         let scores = [
-            0.6, 0.6, 0.3, 0.1, 0.0, 0.8, 0.4, 0.8, 0.8, 0.6, 0.2, 0.5, 0.8, 0.3, 0.7, 0.7, 0.7,
-            0.5, 0.2, 0.4, 0.8, 0.4, 0.5, 0.2, 0.5, 0.5, 0.3, 0.9, 0.5, 0.8, 0.5, 0.7, 0.2, 0.6,
-            0.8, 0.4, 0.5, 0.5, 0.6, 0.6,
+            0.6, 0.6, 0.3, 0.1, 0.0, 0.8, 0.4, 0.8, 0.8, 0.6, 0.2, 0.5, 0.8, 0.3, 0.7, 0.7, 0.7, 0.5, 0.2, 0.4, 0.8,
+            0.4, 0.5, 0.2, 0.5, 0.5, 0.3, 0.9, 0.5, 0.8, 0.5, 0.7, 0.2, 0.6, 0.8, 0.4, 0.5, 0.5, 0.6, 0.6,
         ];
         let labels = [
-            F, T, F, F, F, T, T, T, F, T, F, F, T, F, T, F, F, F, F, F, T, F, T, F, T, T, F, T, T,
-            T, F, T, F, T, F, F, F, F, F, T,
+            F, T, F, F, F, T, T, T, F, T, F, F, T, F, T, F, F, F, F, F, T, F, T, F, T, T, F, T, T, T, F, T, F, T, F, F,
+            F, F, F, T,
         ];
-        assert!(close(
-            roc_auc(&scores, &labels).unwrap(),
-            0.8017902813299232
-        ));
-        assert!(close(
-            average_precision(&scores, &labels).unwrap(),
-            0.6863974980673273
-        ));
+        assert!(close(roc_auc(&scores, &labels).unwrap(), 0.8017902813299232));
+        assert!(close(average_precision(&scores, &labels).unwrap(), 0.6863974980673273));
         let c = confusion(&scores, &labels, 0.5).unwrap();
-        assert_eq!(
-            c,
-            Confusion {
-                true_negatives: 12,
-                false_positives: 11,
-                false_negatives: 1,
-                true_positives: 16
-            }
-        );
+        assert_eq!(c, Confusion { true_negatives: 12, false_positives: 11, false_negatives: 1, true_positives: 16 });
         assert!(close(c.precision().unwrap(), 0.5925925925925926));
         assert!(close(c.recall().unwrap(), 0.9411764705882353));
         assert!(close(c.f1().unwrap(), 0.7272727272727273));
@@ -258,53 +216,22 @@ mod tests {
 
     #[test]
     fn undefined_inputs_are_errors() {
-        assert_eq!(
-            roc_auc(&[], &[]).unwrap_err(),
-            ModelError::EmptyInput { metric: "ROC AUC" }
-        );
-        assert!(matches!(
-            average_precision(&[], &[]),
-            Err(ModelError::EmptyInput { .. })
-        ));
-        assert!(matches!(
-            confusion(&[], &[], 0.5),
-            Err(ModelError::EmptyInput { .. })
-        ));
+        assert_eq!(roc_auc(&[], &[]).unwrap_err(), ModelError::EmptyInput { metric: "ROC AUC" });
+        assert!(matches!(average_precision(&[], &[]), Err(ModelError::EmptyInput { .. })));
+        assert!(matches!(confusion(&[], &[], 0.5), Err(ModelError::EmptyInput { .. })));
         assert_eq!(
             roc_auc(&[0.1, 0.2], &[T, T]).unwrap_err(),
-            ModelError::OneClass {
-                context: "ROC AUC",
-                positives: 2,
-                negatives: 0
-            }
+            ModelError::OneClass { context: "ROC AUC", positives: 2, negatives: 0 }
         );
-        assert!(matches!(
-            roc_auc(&[0.1, 0.2], &[F, F]),
-            Err(ModelError::OneClass { .. })
-        ));
+        assert!(matches!(roc_auc(&[0.1, 0.2], &[F, F]), Err(ModelError::OneClass { .. })));
         assert_eq!(
             average_precision(&[0.1, 0.2], &[F, F]).unwrap_err(),
-            ModelError::NoPositives {
-                metric: "average precision",
-                rows: 2
-            }
+            ModelError::NoPositives { metric: "average precision", rows: 2 }
         );
-        assert_eq!(
-            roc_auc(&[0.1, f64::NAN], &[T, F]).unwrap_err(),
-            ModelError::NanScore { index: 1 }
-        );
-        assert!(matches!(
-            average_precision(&[f64::NAN], &[T]),
-            Err(ModelError::NanScore { index: 0 })
-        ));
-        assert!(matches!(
-            roc_auc(&[0.1, 0.2], &[T]),
-            Err(ModelError::LengthMismatch { .. })
-        ));
-        assert!(matches!(
-            confusion(&[0.1], &[T], f64::NAN),
-            Err(ModelError::InvalidParameter { .. })
-        ));
+        assert_eq!(roc_auc(&[0.1, f64::NAN], &[T, F]).unwrap_err(), ModelError::NanScore { index: 1 });
+        assert!(matches!(average_precision(&[f64::NAN], &[T]), Err(ModelError::NanScore { index: 0 })));
+        assert!(matches!(roc_auc(&[0.1, 0.2], &[T]), Err(ModelError::LengthMismatch { .. })));
+        assert!(matches!(confusion(&[0.1], &[T], f64::NAN), Err(ModelError::InvalidParameter { .. })));
     }
 
     #[test]
@@ -316,11 +243,7 @@ mod tests {
         let no_fraud = confusion(&[0.1, 0.9], &[F, F], 0.5).unwrap();
         assert_eq!(no_fraud.recall(), None);
         assert_eq!(no_fraud.precision(), Some(0.0));
-        let zero = Confusion {
-            false_positives: 1,
-            false_negatives: 1,
-            ..Confusion::default()
-        };
+        let zero = Confusion { false_positives: 1, false_negatives: 1, ..Confusion::default() };
         assert_eq!(zero.f1(), Some(0.0));
     }
 }

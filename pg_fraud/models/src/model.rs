@@ -120,10 +120,9 @@ impl Model {
 
     /// Serializes to the versioned, checksummed format described in the module docs.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
-        let payload = postcard::to_allocvec(self)
-            .map_err(|e| ModelError::corrupt(format!("cannot encode model: {e}")))?;
-        let length = u32::try_from(payload.len())
-            .map_err(|_| ModelError::corrupt("model larger than 4 GiB"))?;
+        let payload =
+            postcard::to_allocvec(self).map_err(|e| ModelError::corrupt(format!("cannot encode model: {e}")))?;
+        let length = u32::try_from(payload.len()).map_err(|_| ModelError::corrupt("model larger than 4 GiB"))?;
         let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
         out.extend_from_slice(&MAGIC);
         out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
@@ -145,16 +144,11 @@ impl Model {
         }
         let (header, payload) = bytes.split_at(HEADER_LEN);
         if header[0..8] != MAGIC {
-            return Err(ModelError::corrupt(
-                "not a pg_fraud model (bad magic bytes)",
-            ));
+            return Err(ModelError::corrupt("not a pg_fraud model (bad magic bytes)"));
         }
         let version = u16::from_le_bytes([header[8], header[9]]);
         if version != FORMAT_VERSION {
-            return Err(ModelError::UnsupportedVersion {
-                found: version,
-                supported: FORMAT_VERSION,
-            });
+            return Err(ModelError::UnsupportedVersion { found: version, supported: FORMAT_VERSION });
         }
         let length = u32::from_le_bytes([header[10], header[11], header[12], header[13]]);
         if payload.len() as u64 != u64::from(length) {
@@ -173,10 +167,7 @@ impl Model {
         let (model, rest): (Model, &[u8]) = postcard::take_from_bytes(payload)
             .map_err(|e| ModelError::corrupt(format!("payload does not decode: {e}")))?;
         if !rest.is_empty() {
-            return Err(ModelError::corrupt(format!(
-                "{} unexpected bytes after the model",
-                rest.len()
-            )));
+            return Err(ModelError::corrupt(format!("{} unexpected bytes after the model", rest.len())));
         }
         match &model {
             Model::IsolationForest(m) => m.validate()?,
@@ -195,26 +186,14 @@ mod tests {
 
     fn small_forest() -> Model {
         let x = blob(200, 3, 1);
-        let params = IsolationForestParams {
-            n_trees: 4,
-            sample_size: 16,
-            ..IsolationForestParams::default()
-        };
-        IsolationForest::fit(x.view(), &names(3), &params)
-            .unwrap()
-            .into()
+        let params = IsolationForestParams { n_trees: 4, sample_size: 16, ..IsolationForestParams::default() };
+        IsolationForest::fit(x.view(), &names(3), &params).unwrap().into()
     }
 
     fn small_classifier() -> Model {
         let (x, y) = labelled(300, 3, 0.1, 2);
-        let params = ClassifierParams {
-            n_trees: 3,
-            max_depth: 4,
-            ..ClassifierParams::default()
-        };
-        Classifier::fit(x.view(), &y, &names(3), &params)
-            .unwrap()
-            .into()
+        let params = ClassifierParams { n_trees: 3, max_depth: 4, ..ClassifierParams::default() };
+        Classifier::fit(x.view(), &y, &names(3), &params).unwrap().into()
     }
 
     #[test]
@@ -228,24 +207,12 @@ mod tests {
             assert_eq!(back.kind(), model.kind());
             for row in x.rows() {
                 let row = row.to_vec();
-                assert_eq!(
-                    back.score(&row).unwrap().to_bits(),
-                    model.score(&row).unwrap().to_bits()
-                );
+                assert_eq!(back.score(&row).unwrap().to_bits(), model.score(&row).unwrap().to_bits());
             }
-            assert_eq!(
-                back.score_batch(x.view()).unwrap(),
-                model.score_batch(x.view()).unwrap()
-            );
+            assert_eq!(back.score_batch(x.view()).unwrap(), model.score_batch(x.view()).unwrap());
             assert_eq!(back.explain(&[0.0; 3]), model.explain(&[0.0; 3]));
             assert_eq!(back.to_bytes().unwrap(), bytes);
-            assert_eq!(
-                back.score(&[1.0]).unwrap_err(),
-                ModelError::RowLength {
-                    expected: 3,
-                    got: 1
-                }
-            );
+            assert_eq!(back.score(&[1.0]).unwrap_err(), ModelError::RowLength { expected: 3, got: 1 });
             assert_eq!(back.summary()["kind"], model.kind());
         }
     }
@@ -256,10 +223,7 @@ mod tests {
             let bytes = model.to_bytes().unwrap();
             for len in 0..bytes.len() {
                 let err = Model::from_bytes(&bytes[..len]).unwrap_err();
-                assert!(
-                    matches!(err, ModelError::Corrupt { .. }),
-                    "len {len}: {err}"
-                );
+                assert!(matches!(err, ModelError::Corrupt { .. }), "len {len}: {err}");
             }
             let mut longer = bytes.clone();
             longer.push(0);
@@ -275,19 +239,12 @@ mod tests {
             for i in 0..bytes.len() {
                 // Every value in the header; three patterns (low bit, high bit, all bits) in
                 // the payload, where the CRC catches any error confined to one byte.
-                let masks: Vec<u8> = if i < HEADER_LEN {
-                    (1..=255).collect()
-                } else {
-                    vec![0x01, 0x80, 0xff]
-                };
+                let masks: Vec<u8> = if i < HEADER_LEN { (1..=255).collect() } else { vec![0x01, 0x80, 0xff] };
                 for mask in masks {
                     copy[i] ^= mask;
                     let result = Model::from_bytes(&copy);
                     assert!(
-                        matches!(
-                            result,
-                            Err(ModelError::Corrupt { .. } | ModelError::UnsupportedVersion { .. })
-                        ),
+                        matches!(result, Err(ModelError::Corrupt { .. } | ModelError::UnsupportedVersion { .. })),
                         "byte {i} ^ {mask:#x}: {result:?}"
                     );
                     copy[i] ^= mask;
@@ -299,29 +256,17 @@ mod tests {
 
     #[test]
     fn a_checksummed_but_inconsistent_model_is_refused() {
-        let Model::IsolationForest(mut forest) = small_forest() else {
-            unreachable!()
-        };
-        let split = forest
-            .forest
-            .nodes
-            .iter()
-            .position(|n| !n.is_leaf())
-            .unwrap();
+        let Model::IsolationForest(mut forest) = small_forest() else { unreachable!() };
+        let split = forest.forest.nodes.iter().position(|n| !n.is_leaf()).unwrap();
         forest.forest.nodes[split].right = u32::MAX - 1;
         let bytes = Model::from(forest).to_bytes().unwrap();
         let err = Model::from_bytes(&bytes).unwrap_err();
         assert!(err.to_string().contains("child indices"), "{err}");
 
-        let Model::Classifier(mut clf) = small_classifier() else {
-            unreachable!()
-        };
+        let Model::Classifier(mut clf) = small_classifier() else { unreachable!() };
         clf.medians.pop();
         let bytes = Model::from(clf).to_bytes().unwrap();
-        assert!(matches!(
-            Model::from_bytes(&bytes),
-            Err(ModelError::Corrupt { .. })
-        ));
+        assert!(matches!(Model::from_bytes(&bytes), Err(ModelError::Corrupt { .. })));
     }
 
     #[test]
@@ -330,12 +275,6 @@ mod tests {
         assert!(err.to_string().contains("magic"), "{err}");
         let mut bytes = small_forest().to_bytes().unwrap();
         bytes[8] = 2;
-        assert_eq!(
-            Model::from_bytes(&bytes).unwrap_err(),
-            ModelError::UnsupportedVersion {
-                found: 2,
-                supported: 1
-            }
-        );
+        assert_eq!(Model::from_bytes(&bytes).unwrap_err(), ModelError::UnsupportedVersion { found: 2, supported: 1 });
     }
 }

@@ -48,22 +48,11 @@ pub fn time_split(timestamps: &[i64], validation_fraction: f64) -> Result<TimeSp
         // Everything up to the cutoff shares the earliest timestamp: move to the next one.
         match sorted.iter().find(|&&t| t > sorted[0]) {
             Some(&next) => cutoff = next,
-            None => {
-                return Err(ModelError::EmptySplit {
-                    side: "train",
-                    rows: n,
-                    distinct: 1,
-                })
-            }
+            None => return Err(ModelError::EmptySplit { side: "train", rows: n, distinct: 1 }),
         }
     }
-    let (validation, train): (Vec<usize>, Vec<usize>) =
-        (0..n).partition(|&i| timestamps[i] >= cutoff);
-    Ok(TimeSplit {
-        train,
-        validation,
-        cutoff,
-    })
+    let (validation, train): (Vec<usize>, Vec<usize>) = (0..n).partition(|&i| timestamps[i] >= cutoff);
+    Ok(TimeSplit { train, validation, cutoff })
 }
 
 /// How [`train_classifier`] validates.
@@ -78,10 +67,7 @@ pub struct TrainConfig {
 
 impl Default for TrainConfig {
     fn default() -> Self {
-        TrainConfig {
-            validation_fraction: 0.2,
-            threshold: 0.5,
-        }
+        TrainConfig { validation_fraction: 0.2, threshold: 0.5 }
     }
 }
 
@@ -135,11 +121,7 @@ pub fn train_classifier<S: AsRef<str>>(
     }
     for (what, got) in [("labels", labels.len()), ("timestamps", timestamps.len())] {
         if got != n {
-            return Err(ModelError::LengthMismatch {
-                what,
-                expected: n,
-                got,
-            });
+            return Err(ModelError::LengthMismatch { what, expected: n, got });
         }
     }
     if config.threshold.is_nan() {
@@ -206,21 +188,11 @@ mod tests {
     fn impossible_splits_are_errors() {
         assert_eq!(
             time_split(&[7, 7, 7], 0.5).unwrap_err(),
-            ModelError::EmptySplit {
-                side: "train",
-                rows: 3,
-                distinct: 1
-            }
+            ModelError::EmptySplit { side: "train", rows: 3, distinct: 1 }
         );
-        assert!(matches!(
-            time_split(&[1], 0.5),
-            Err(ModelError::TooFewRows { needed: 2, got: 1 })
-        ));
+        assert!(matches!(time_split(&[1], 0.5), Err(ModelError::TooFewRows { needed: 2, got: 1 })));
         for f in [0.0, 1.0, -0.1, f64::NAN] {
-            assert!(matches!(
-                time_split(&[1, 2, 3], f),
-                Err(ModelError::InvalidParameter { .. })
-            ));
+            assert!(matches!(time_split(&[1, 2, 3], f), Err(ModelError::InvalidParameter { .. })));
         }
     }
 
@@ -228,24 +200,13 @@ mod tests {
     fn train_classifier_reports_held_out_quality() {
         let (x, y) = labelled(3000, 5, 0.03, 31);
         let ts: Vec<i64> = (0..3000).map(|i| 1_000_000 + i * 60).collect();
-        let params = ClassifierParams {
-            n_trees: 30,
-            max_depth: 8,
-            ..ClassifierParams::default()
-        };
-        let config = TrainConfig {
-            validation_fraction: 0.25,
-            threshold: 0.2,
-        };
-        let (model, report) =
-            train_classifier(x.view(), &y, &ts, &names(5), &params, &config).unwrap();
+        let params = ClassifierParams { n_trees: 30, max_depth: 8, ..ClassifierParams::default() };
+        let config = TrainConfig { validation_fraction: 0.25, threshold: 0.2 };
+        let (model, report) = train_classifier(x.view(), &y, &ts, &names(5), &params, &config).unwrap();
         assert_eq!(report.train_rows, 2250);
         assert_eq!(report.validation_rows, 750);
         assert_eq!(model.training_rows(), 2250);
-        assert_eq!(
-            report.train_positives + report.validation_positives,
-            y.iter().filter(|&&v| v).count()
-        );
+        assert_eq!(report.train_positives + report.validation_positives, y.iter().filter(|&&v| v).count());
         assert_eq!(report.confusion.total(), 750);
         assert!(report.auc.unwrap() > 0.9, "{report:?}");
         assert!(report.average_precision.unwrap() > 0.3, "{report:?}");
@@ -264,20 +225,11 @@ mod tests {
         let n = names(3);
         assert!(matches!(
             train_classifier(x.view(), &y, &ts[..50], &n, &p, &c),
-            Err(ModelError::LengthMismatch {
-                what: "timestamps",
-                ..
-            })
+            Err(ModelError::LengthMismatch { what: "timestamps", .. })
         ));
-        assert_eq!(
-            train_classifier(x.view(), &[], &ts, &n, &p, &c).unwrap_err(),
-            ModelError::NoLabels
-        );
+        assert_eq!(train_classifier(x.view(), &[], &ts, &n, &p, &c).unwrap_err(), ModelError::NoLabels);
         // All fraud in the validation window: training has one class.
         let late_fraud: Vec<bool> = (0..100).map(|i| i >= 90).collect();
-        assert!(matches!(
-            train_classifier(x.view(), &late_fraud, &ts, &n, &p, &c),
-            Err(ModelError::OneClass { .. })
-        ));
+        assert!(matches!(train_classifier(x.view(), &late_fraud, &ts, &n, &p, &c), Err(ModelError::OneClass { .. })));
     }
 }

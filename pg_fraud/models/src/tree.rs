@@ -29,11 +29,7 @@ pub(crate) struct Node {
 
 impl Node {
     pub(crate) fn leaf(value: f64) -> Self {
-        Node {
-            value,
-            feature: LEAF,
-            right: 0,
-        }
+        Node { value, feature: LEAF, right: 0 }
     }
 
     pub(crate) fn is_leaf(&self) -> bool {
@@ -69,31 +65,18 @@ impl Forest {
             if v.is_nan() {
                 v = fill[f];
             }
-            i = if v <= node.value {
-                i + 1
-            } else {
-                node.right as usize
-            };
+            i = if v <= node.value { i + 1 } else { node.right as usize };
         }
     }
 
     /// Sum over all trees of the leaf values reached by `row`.
     #[inline]
     pub(crate) fn sum_leaf_values(&self, row: &[f64], fill: &[f64]) -> f64 {
-        self.roots
-            .iter()
-            .map(|&root| self.leaf_value(root, row, fill))
-            .sum()
+        self.roots.iter().map(|&root| self.leaf_value(root, row, fill)).sum()
     }
 
     /// Walks one tree and calls `step(parent, child)` for every edge taken; returns the leaf.
-    pub(crate) fn walk(
-        &self,
-        root: u32,
-        row: &[f64],
-        fill: &[f64],
-        mut step: impl FnMut(usize, usize),
-    ) -> usize {
+    pub(crate) fn walk(&self, root: u32, row: &[f64], fill: &[f64], mut step: impl FnMut(usize, usize)) -> usize {
         let mut i = root as usize;
         loop {
             let node = self.nodes[i];
@@ -105,11 +88,7 @@ impl Forest {
             if v.is_nan() {
                 v = fill[f];
             }
-            let next = if v <= node.value {
-                i + 1
-            } else {
-                node.right as usize
-            };
+            let next = if v <= node.value { i + 1 } else { node.right as usize };
             step(i, next);
             i = next;
         }
@@ -121,10 +100,7 @@ impl Forest {
         let p = x.ncols();
         let mut out = vec![0.0; x.nrows()];
         let mut block = vec![0.0; BATCH_BLOCK * p];
-        for (start, out_block) in (0..x.nrows())
-            .step_by(BATCH_BLOCK)
-            .zip(out.chunks_mut(BATCH_BLOCK))
-        {
+        for (start, out_block) in (0..x.nrows()).step_by(BATCH_BLOCK).zip(out.chunks_mut(BATCH_BLOCK)) {
             let rows = out_block.len();
             // Copy and impute once per block: the walk below then needs no NaN test.
             for r in 0..rows {
@@ -144,11 +120,7 @@ impl Forest {
                             *acc += node.value;
                             break;
                         }
-                        i = if row[node.feature as usize] <= node.value {
-                            i + 1
-                        } else {
-                            node.right as usize
-                        };
+                        i = if row[node.feature as usize] <= node.value { i + 1 } else { node.right as usize };
                     }
                 }
             }
@@ -165,16 +137,12 @@ impl Forest {
             return Err(ModelError::corrupt("forest has no trees"));
         }
         if let Some(&r) = self.roots.iter().find(|&&r| r as usize >= n) {
-            return Err(ModelError::corrupt(format!(
-                "tree root {r} is outside the {n} nodes"
-            )));
+            return Err(ModelError::corrupt(format!("tree root {r} is outside the {n} nodes")));
         }
         for (i, node) in self.nodes.iter().enumerate() {
             if node.is_leaf() {
                 if !node.value.is_finite() {
-                    return Err(ModelError::corrupt(format!(
-                        "leaf {i} has a non-finite value"
-                    )));
+                    return Err(ModelError::corrupt(format!("leaf {i} has a non-finite value")));
                 }
                 continue;
             }
@@ -186,9 +154,7 @@ impl Forest {
                 )));
             }
             if i + 1 >= n || right <= i + 1 || right >= n {
-                return Err(ModelError::corrupt(format!(
-                    "node {i} has child indices outside the tree"
-                )));
+                return Err(ModelError::corrupt(format!("node {i} has child indices outside the tree")));
             }
         }
         Ok(())
@@ -211,17 +177,9 @@ mod tests {
     fn small() -> Forest {
         Forest {
             nodes: vec![
-                Node {
-                    value: 1.0,
-                    feature: 0,
-                    right: 2,
-                },
+                Node { value: 1.0, feature: 0, right: 2 },
                 Node::leaf(10.0),
-                Node {
-                    value: 5.0,
-                    feature: 1,
-                    right: 4,
-                },
+                Node { value: 5.0, feature: 1, right: 4 },
                 Node::leaf(20.0),
                 Node::leaf(30.0),
             ],
@@ -237,15 +195,9 @@ mod tests {
         assert_eq!(f.leaf_value(0, &[2.0, 4.0], &fill), 20.0);
         assert_eq!(f.leaf_value(0, &[2.0, f64::NAN], &fill), 30.0);
         assert_eq!(f.leaf_value(0, &[f64::NAN, 100.0], &fill), 10.0);
-        assert_eq!(
-            f.leaf_value(0, &[f64::INFINITY, f64::NEG_INFINITY], &fill),
-            20.0
-        );
+        assert_eq!(f.leaf_value(0, &[f64::INFINITY, f64::NEG_INFINITY], &fill), 20.0);
         let x = ndarray::array![[0.5, 0.0], [2.0, 4.0], [2.0, f64::NAN]];
-        assert_eq!(
-            f.sum_leaf_values_batch(x.view(), &fill),
-            vec![10.0, 20.0, 30.0]
-        );
+        assert_eq!(f.sum_leaf_values_batch(x.view(), &fill), vec![10.0, 20.0, 30.0]);
         assert!(f.validate(2).is_ok());
         assert!(f.validate(1).is_err());
     }
