@@ -11,6 +11,29 @@
 //! at scoring time; ±Infinity is clipped to the training range when training and compared
 //! as-is when scoring, which sends it to the same side of every split. A column with no finite
 //! training value is an error.
+//!
+//! Class imbalance (the classifier): each tree is grown by smartcore on a balanced sample
+//! (every fraud row up to a cap, as many genuine rows drawn afresh per tree), and the forest's
+//! balanced-world probability is mapped back to the real fraud rate with the undersampling
+//! prior correction. See [`Classifier`].
+//!
+//! ```
+//! use fraud_models::{IsolationForest, IsolationForestParams, Model};
+//! use ndarray::array;
+//!
+//! let x = array![[10.0, 0.0], [12.0, 1.0], [11.0, 0.0], [9.0, 1.0], [10.5, f64::NAN], [500.0, 1.0]];
+//! let forest = IsolationForest::fit(x.view(), &["amount", "is_new_device"], &IsolationForestParams::default())?;
+//! let blob = Model::from(forest).to_bytes()?;
+//!
+//! // Later, in the trigger: decode once per model version, then score rows.
+//! let model = Model::from_bytes(&blob)?;
+//! let odd = model.score(&[480.0, 1.0])?;
+//! let usual = model.score(&[10.2, f64::NAN])?;
+//! assert!(odd > usual);
+//! let why = model.explain(&[480.0, 1.0])?;
+//! assert!(why.attribution[0] > why.attribution[1]);
+//! # Ok::<(), fraud_models::ModelError>(())
+//! ```
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
