@@ -474,7 +474,7 @@ fn label_row(relid: Oid, row_key: &str, is_fraud: bool, note: Option<&str>) -> R
     };
     let now = scoring::now_us();
     let ids = scoring::key_ids(watch.id, &row);
-    for id in [&ids[0], &ids[1]].into_iter().flatten() {
+    for id in [ids[0], ids[1]].into_iter().flatten() {
         store::update(id, |s| {
             if let Some(prev) = previous {
                 s.record_label_delta(prev, -1.0, now);
@@ -520,7 +520,7 @@ pub fn rebuild(relid: Oid) -> Result<i64> {
                 let t_us = scoring::effective_time(&row, now);
                 let ev = row.txn(t_us, now).event(t_us);
                 for (id, kind) in scoring::key_ids(watch.id, &row).iter().zip(Kind::ALL) {
-                    if let Some(id) = id {
+                    if let Some(id) = *id {
                         store::update(id, |s| s.record(kind, &ev));
                     }
                 }
@@ -554,7 +554,7 @@ pub fn rebuild(relid: Oid) -> Result<i64> {
             let row = catalog::as_owner(owner, || Spi::connect(|client| fetch_row(&client, &watch, &key)))?;
             if let Some(row) = row {
                 let ids = scoring::key_ids(watch.id, &row);
-                for id in [&ids[0], &ids[1]].into_iter().flatten() {
+                for id in [ids[0], ids[1]].into_iter().flatten() {
                     store::update(id, |s| s.record_label(is_fraud, at));
                 }
             }

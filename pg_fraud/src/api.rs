@@ -41,7 +41,7 @@ fn score_composite(t: PgHeapTuple<'_, AllocatedByRust>) -> Result<Scored> {
         })?
         .clone();
     let row = row.ok_or_else(|| FraudError::Config(watch.columns.as_ref().err().cloned().unwrap_or_default()))?;
-    catalog::as_owner(cfg.owner, || Spi::connect(|client| scoring::score(&client, &cfg, &watch, row, Mode::Query)))
+    catalog::as_owner(cfg.owner, || scoring::score(&cfg, &watch, row, Mode::Query))
 }
 
 fn type_name(typoid: Oid) -> String {

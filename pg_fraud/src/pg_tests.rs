@@ -564,3 +564,25 @@ fn dropping_a_watched_table_forgets_it() {
     assert_eq!(one::<i64>("SELECT count(*) FROM fraud.watches"), Some(0));
     assert_eq!(one::<i64>("SELECT count(*) FROM fraud.profile_shards"), Some(0));
 }
+
+#[pg_test]
+fn per_row_exception_blocks_keep_every_committed_row() {
+    watch_payments();
+    // an app that inserts each row in its own exception block (a subtransaction per row),
+    // with one row failing
+    Spi::run(
+        "DO $$ DECLARE i int; BEGIN
+            FOR i IN 1..20 LOOP
+                BEGIN
+                    INSERT INTO payments (card_ref, amount_eur) VALUES ('sx', i);
+                    IF i = 7 THEN RAISE EXCEPTION 'reject row 7'; END IF;
+                EXCEPTION WHEN raise_exception THEN NULL;
+                END;
+            END LOOP;
+         END $$",
+    )
+    .unwrap();
+    assert_eq!(one::<i64>("SELECT count(*) FROM payments WHERE card_ref = 'sx'"), Some(19));
+    assert_eq!(one::<i64>("SELECT velocity('sx', '1 hour')"), Some(19));
+    assert_eq!(one::<f64>("SELECT velocity_amount('sx', '1 hour')"), Some((1..=20).sum::<i32>() as f64 - 7.0));
+}

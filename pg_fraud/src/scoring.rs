@@ -2,17 +2,17 @@
 //! and, when inserting, the state updates and the alert.
 
 use pgrx::pg_sys;
-use pgrx::spi::SpiClient;
+use pgrx::spi::Spi;
 
 use fraud_core::features::{self, FeatureConfig, FeatureVector, KeyStates};
 use fraud_core::score::{self, ModelSignal, Outcome};
-use fraud_core::state::{Kind, State};
+use fraud_core::state::{Kind, State, StateView};
 
 use crate::catalog::{Config, Watch};
 use crate::error::Result;
 use crate::gucs;
 use crate::rowread::RowValues;
-use crate::store::{self, KeyId};
+use crate::store::{self, KeyRef};
 
 /// Why a row is being scored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,13 +40,15 @@ pub struct Scored {
 }
 
 /// The keys of a row, in [`KeyStates`] order: entity, merchant, device, ip.
-pub fn key_ids(watch_id: i32, row: &RowValues) -> [Option<KeyId>; 4] {
-    let id = |kind, v: &Option<String>| v.as_ref().map(|k| KeyId { watch: watch_id, kind, key: k.clone() });
+pub fn key_ids(watch_id: i32, row: &RowValues) -> [Option<KeyRef<'_>>; 4] {
+    fn id(watch: i32, kind: Kind, v: &Option<String>) -> Option<KeyRef<'_>> {
+        v.as_deref().map(|key| KeyRef { watch, kind, key })
+    }
     [
-        id(Kind::Entity, &row.entity),
-        id(Kind::Merchant, &row.merchant),
-        id(Kind::Device, &row.device),
-        id(Kind::Ip, &row.ip),
+        id(watch_id, Kind::Entity, &row.entity),
+        id(watch_id, Kind::Merchant, &row.merchant),
+        id(watch_id, Kind::Device, &row.device),
+        id(watch_id, Kind::Ip, &row.ip),
     ]
 }
 
@@ -68,33 +70,37 @@ fn feature_config() -> FeatureConfig {
     FeatureConfig { zscore_clip: gucs::ZSCORE_CLIP.get(), ..FeatureConfig::default() }
 }
 
-/// Scores one row.
-pub fn score(client: &SpiClient<'_>, cfg: &Config, watch: &Watch, row: RowValues, mode: Mode) -> Result<Scored> {
+/// Scores one row. In insert mode SPI is opened only when a key's state must be read (its
+/// first row in the statement), so a bulk insert's later rows run no query at all.
+pub fn score(cfg: &Config, watch: &Watch, row: RowValues, mode: Mode) -> Result<Scored> {
     let now = now_us();
     let t_us = effective_time(&row, now);
-    let ids = key_ids(watch.id, &row);
-    let txn = row.txn(t_us, now);
     let fcfg = feature_config();
-    let fv = match mode {
-        Mode::Insert => {
-            let present: Vec<KeyId> = ids.iter().flatten().cloned().collect();
-            store::ensure_loaded(client, &present)?;
-            store::with_states(
-                &[ids[0].as_ref(), ids[1].as_ref(), ids[2].as_ref(), ids[3].as_ref()],
-                |[entity, merchant, device, ip]| {
+    let fv = {
+        let ids = key_ids(watch.id, &row);
+        let txn = row.txn(t_us, now);
+        match mode {
+            Mode::Insert => {
+                if store::needs_load(&ids) {
+                    Spi::connect(|client| store::load(&client, &ids))?;
+                }
+                store::with_states(&ids, |[entity, merchant, device, ip]| {
                     features::compute(&txn, &KeyStates { entity, merchant, device, ip }, &fcfg)
-                },
-            )
-        }
-        Mode::Query => {
-            let read =
-                |id: &Option<KeyId>| -> Result<Option<State>> { id.as_ref().map(store::read_cached).transpose() };
-            let (e, m, d, i) = (read(&ids[0])?, read(&ids[1])?, read(&ids[2])?, read(&ids[3])?);
-            features::compute(
-                &txn,
-                &KeyStates { entity: e.as_ref(), merchant: m.as_ref(), device: d.as_ref(), ip: i.as_ref() },
-                &fcfg,
-            )
+                })
+            }
+            Mode::Query => {
+                let read = |id: Option<KeyRef<'_>>| -> Result<Option<State>> {
+                    id.map(|id| store::read_cached(&id.to_owned())).transpose()
+                };
+                let (e, m, d, i) = (read(ids[0])?, read(ids[1])?, read(ids[2])?, read(ids[3])?);
+                let states = KeyStates {
+                    entity: e.as_ref().map(StateView::one),
+                    merchant: m.as_ref().map(StateView::one),
+                    device: d.as_ref().map(StateView::one),
+                    ip: i.as_ref().map(StateView::one),
+                };
+                features::compute(&txn, &states, &fcfg)
+            }
         }
     };
     let rules = cfg.rules_for(watch.relid);
@@ -108,7 +114,7 @@ pub fn record(watch: &Watch, scored: &Scored) {
     let ids = key_ids(watch.id, &scored.row);
     let ev = scored.row.txn(scored.t_us, scored.t_us).event(scored.t_us);
     for (id, kind) in ids.iter().zip(Kind::ALL) {
-        if let Some(id) = id {
+        if let Some(id) = *id {
             store::update(id, |s| s.record(kind, &ev));
         }
     }
@@ -116,7 +122,7 @@ pub fn record(watch: &Watch, scored: &Scored) {
 
 /// Records an alert on the row's merchant (merchant alert rate).
 pub fn record_alert(watch: &Watch, scored: &Scored) {
-    if let Some(m) = &key_ids(watch.id, &scored.row)[1] {
+    if let Some(m) = key_ids(watch.id, &scored.row)[1] {
         store::update(m, |s| s.record_alert(scored.t_us));
     }
 }

@@ -15,18 +15,21 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+
+use hashbrown::Equivalent;
 
 use pgrx::pg_sys::{self, Oid, SubTransactionId};
 use pgrx::spi::{OwnedPreparedStatement, Spi, SpiClient};
 use pgrx::PgOid;
 
-use fraud_core::state::{Kind, State};
+use fraud_core::state::{Kind, State, StateView};
 
 use crate::error::{FraudError, Result};
 use crate::gucs;
 
 /// A key in the pending map.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct KeyId {
     /// `fraud.watches.id`.
     pub watch: i32,
@@ -36,19 +39,67 @@ pub struct KeyId {
     pub key: String,
 }
 
-/// A pending entry: the merged state the next row sees, and what this statement added.
+/// A borrowed [`KeyId`], so the per-row lookups allocate nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyRef<'a> {
+    /// `fraud.watches.id`.
+    pub watch: i32,
+    /// Key kind.
+    pub kind: Kind,
+    /// The key's text.
+    pub key: &'a str,
+}
+
+impl KeyRef<'_> {
+    /// The owned form.
+    pub fn to_owned(self) -> KeyId {
+        KeyId { watch: self.watch, kind: self.kind, key: self.key.to_string() }
+    }
+}
+
+impl KeyId {
+    /// The borrowed form.
+    pub fn as_ref(&self) -> KeyRef<'_> {
+        KeyRef { watch: self.watch, kind: self.kind, key: &self.key }
+    }
+}
+
+// KeyId and KeyRef hash identically (required by `Equivalent`).
+impl Hash for KeyId {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        self.as_ref().hash(h)
+    }
+}
+
+impl Hash for KeyRef<'_> {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        self.watch.hash(h);
+        (self.kind as u8).hash(h);
+        self.key.hash(h);
+    }
+}
+
+impl Equivalent<KeyId> for KeyRef<'_> {
+    fn equivalent(&self, k: &KeyId) -> bool {
+        self.watch == k.watch && self.kind == k.kind && self.key == k.key
+    }
+}
+
+/// A pending entry: the committed state as read, and what this statement added. Features
+/// read both through a [`StateView`] rather than a merged copy, so each event is recorded
+/// once and the big parts are never duplicated.
 #[derive(Default)]
 struct Entry {
-    /// Committed state merged with every delta below; `None` after a subtransaction abort
-    /// removed deltas (re-read lazily).
-    current: Option<State>,
-    /// Events recorded by this backend and not yet written, per subtransaction.
+    /// Committed state; `None` until read (or after a subtransaction abort, re-read lazily).
+    base: Option<State>,
+    /// Events recorded by this backend and not yet written, per open subtransaction level
+    /// (a released subtransaction's delta is folded into its parent's).
     deltas: Vec<(SubTransactionId, State)>,
 }
 
 #[derive(Default)]
 struct Pending {
-    entries: HashMap<KeyId, Entry>,
+    entries: hashbrown::HashMap<KeyId, Entry>,
 }
 
 thread_local! {
@@ -86,15 +137,15 @@ pub fn with_plan<T>(
 }
 
 /// Reads and merges the committed shards of one key (plus this transaction's earlier writes).
-pub fn read_committed(client: &SpiClient<'_>, id: &KeyId) -> Result<State> {
+pub fn read_committed(client: &SpiClient<'_>, id: KeyRef<'_>) -> Result<State> {
     with_plan(client, READ_SQL, &[pg_sys::INT4OID, pg_sys::TEXTOID, pg_sys::TEXTOID], |plan| {
-        let rows = client.select(plan, None, &[id.watch.into(), id.kind.as_str().into(), id.key.as_str().into()])?;
+        let rows = client.select(plan, None, &[id.watch.into(), id.kind.as_str().into(), id.key.into()])?;
         let mut merged = State::default();
         for row in rows {
             if let Some(bytes) = row.get::<&[u8]>(1)? {
                 let s = State::decode(bytes).map_err(|source| FraudError::CorruptState {
                     kind: id.kind.as_str(),
-                    key: id.key.clone(),
+                    key: id.key.to_string(),
                     source,
                 })?;
                 merged.merge(&s);
@@ -104,51 +155,88 @@ pub fn read_committed(client: &SpiClient<'_>, id: &KeyId) -> Result<State> {
     })
 }
 
-/// Makes sure each key has a current state in the pending map, reading the missing ones.
-pub fn ensure_loaded(client: &SpiClient<'_>, ids: &[KeyId]) -> Result<()> {
-    for id in ids {
-        let needs = PENDING.with(|p| p.borrow().entries.get(id).is_none_or(|e| e.current.is_none()));
+fn entry_mut<'m>(entries: &'m mut hashbrown::HashMap<KeyId, Entry>, id: KeyRef<'_>) -> &'m mut Entry {
+    if !entries.contains_key(&id) {
+        entries.insert(id.to_owned(), Entry::default());
+    }
+    entries.get_mut(&id).expect("entry was just inserted")
+}
+
+/// Whether any of `ids` lacks a current state (so the caller must open SPI and [`load`]).
+pub fn needs_load(ids: &[Option<KeyRef<'_>>; 4]) -> bool {
+    PENDING.with(|p| {
+        let p = p.borrow();
+        ids.iter().flatten().any(|id| p.entries.get(id).is_none_or(|e| e.base.is_none()))
+    })
+}
+
+/// Reads the committed state of every key of `ids` not read yet in this statement.
+pub fn load(client: &SpiClient<'_>, ids: &[Option<KeyRef<'_>>; 4]) -> Result<()> {
+    for &id in ids.iter().flatten() {
+        let needs = PENDING.with(|p| p.borrow().entries.get(&id).is_none_or(|e| e.base.is_none()));
         if !needs {
             continue;
         }
-        let mut state = read_committed(client, id)?;
-        PENDING.with(|p| {
-            let mut p = p.borrow_mut();
-            let entry = p.entries.entry(id.clone()).or_default();
-            for (_, delta) in &entry.deltas {
-                state.merge(delta);
-            }
-            entry.current = Some(state);
-        });
+        let state = read_committed(client, id)?;
+        PENDING.with(|p| entry_mut(&mut p.borrow_mut().entries, id).base = Some(state));
     }
     Ok(())
 }
 
-/// Calls `f` with the current states of `ids` (which must be loaded), `None` where absent.
-pub fn with_states<T>(ids: &[Option<&KeyId>; 4], f: impl FnOnce([Option<&State>; 4]) -> T) -> T {
+/// Calls `f` with views of `ids`' states (committed + unwritten), `None` where absent.
+pub fn with_states<T>(ids: &[Option<KeyRef<'_>>; 4], f: impl FnOnce([Option<StateView<'_>>; 4]) -> T) -> T {
     PENDING.with(|p| {
         let p = p.borrow();
-        let get = |id: Option<&KeyId>| id.and_then(|id| p.entries.get(id)).and_then(|e| e.current.as_ref());
-        f([get(ids[0]), get(ids[1]), get(ids[2]), get(ids[3])])
+        let entries: [Option<&Entry>; 4] = std::array::from_fn(|i| ids[i].and_then(|id| p.entries.get(&id)));
+        // Several deltas only exist inside nested, still-open subtransactions: merge a copy.
+        let merged: [Option<State>; 4] = std::array::from_fn(|i| {
+            entries[i].filter(|e| e.deltas.len() > 1).map(|e| {
+                let mut m = State::default();
+                e.deltas.iter().for_each(|(_, d)| m.merge(d));
+                m
+            })
+        });
+        let views: [Option<StateView<'_>>; 4] = std::array::from_fn(|i| {
+            let e = entries[i]?;
+            let base = e.base.as_ref()?;
+            Some(match (&merged[i], e.deltas.first()) {
+                (Some(m), _) => StateView::two(base, m),
+                (None, Some((_, d))) => StateView::two(base, d),
+                (None, None) => StateView::one(base),
+            })
+        });
+        f(views)
     })
 }
 
-/// Applies `update` to a key's current state and to this subtransaction's delta.
-pub fn update(id: &KeyId, update: impl Fn(&mut State)) {
+/// Records into this subtransaction's delta of a key.
+pub fn update(id: KeyRef<'_>, update: impl FnOnce(&mut State)) {
     // SAFETY: reads the current subtransaction id; always valid inside a transaction.
     let subxid = unsafe { pg_sys::GetCurrentSubTransactionId() };
     PENDING.with(|p| {
         let mut p = p.borrow_mut();
-        let entry = p.entries.entry(id.clone()).or_default();
-        if let Some(cur) = entry.current.as_mut() {
-            update(cur);
-        }
+        let entry = entry_mut(&mut p.entries, id);
         match entry.deltas.last_mut() {
             Some((s, delta)) if *s == subxid => update(delta),
             _ => {
                 let mut delta = State::default();
                 update(&mut delta);
                 entry.deltas.push((subxid, delta));
+            }
+        }
+    });
+}
+
+/// Folds the deltas of a released subtransaction into its parent's.
+pub fn on_subxact_commit(subxid: SubTransactionId, parent: SubTransactionId) {
+    PENDING.with(|p| {
+        for e in p.borrow_mut().entries.values_mut() {
+            if e.deltas.last().is_some_and(|(s, _)| *s == subxid) {
+                let (_, child) = e.deltas.pop().expect("checked above");
+                match e.deltas.last_mut() {
+                    Some((s, d)) if *s == parent => d.merge(&child),
+                    _ => e.deltas.push((parent, child)),
+                }
             }
         }
     });
@@ -225,11 +313,7 @@ pub fn flush(client: &SpiClient<'_>, owner: Oid) -> Result<usize> {
 pub fn on_subxact_abort(subxid: SubTransactionId) {
     PENDING.with(|p| {
         for e in p.borrow_mut().entries.values_mut() {
-            let before = e.deltas.len();
             e.deltas.retain(|(s, _)| *s < subxid);
-            if e.deltas.len() != before {
-                e.current = None;
-            }
         }
     });
 }
@@ -243,7 +327,8 @@ pub fn clear() {
 /// events.
 pub fn read_for_query(id: &KeyId) -> Result<State> {
     let cfg = crate::catalog::config()?;
-    let mut state = crate::catalog::as_owner(cfg.owner, || Spi::connect(|client| read_committed(&client, id)))?;
+    let mut state =
+        crate::catalog::as_owner(cfg.owner, || Spi::connect(|client| read_committed(&client, id.as_ref())))?;
     PENDING.with(|p| {
         if let Some(e) = p.borrow().entries.get(id) {
             for (_, d) in &e.deltas {

@@ -177,7 +177,7 @@ mod fraud {
             }
         };
         let cols = match &watch.columns {
-            Ok(c) => c.clone(),
+            Ok(c) => c,
             Err(msg) => {
                 return Ok(Some(
                     on_error(&watch.name, FraudError::Config(msg.clone()), Some(&watch.outputs), tuple, tupdesc)
@@ -186,21 +186,20 @@ mod fraud {
             }
         };
         // SAFETY: the tuple and its descriptor come from the firing trigger.
-        let row = unsafe { with_datums(tuple, tupdesc, |d| read_row(&cols, d, watch.amount_scale)) };
-        let result = catalog::as_owner(cfg.owner, || {
-            Spi::connect_mut(|client| -> Result<Scored> {
-                let scored = scoring::score(client, &cfg, &watch, row, Mode::Insert)?;
-                if scored.outcome.decision == Decision::Block {
-                    return Ok(scored);
-                }
-                scoring::record(&watch, &scored);
-                if scored.outcome.alert
-                    && alerts::raise(client, &watch, &scored.row, scored.t_us, &scored.outcome)?.is_some()
-                {
-                    scoring::record_alert(&watch, &scored);
-                }
-                Ok(scored)
-            })
+        let row = unsafe { with_datums(tuple, tupdesc, |d| read_row(cols, d, watch.amount_scale)) };
+        let result = catalog::as_owner(cfg.owner, || -> Result<Scored> {
+            let scored = scoring::score(&cfg, &watch, row, Mode::Insert)?;
+            if scored.outcome.decision == Decision::Block {
+                return Ok(scored);
+            }
+            scoring::record(&watch, &scored);
+            if scored.outcome.alert
+                && Spi::connect(|client| alerts::raise(&client, &watch, &scored.row, scored.t_us, &scored.outcome))?
+                    .is_some()
+            {
+                scoring::record_alert(&watch, &scored);
+            }
+            Ok(scored)
         });
         match result {
             Ok(scored) if scored.outcome.decision == Decision::Block => block(&watch, &scored),

@@ -45,12 +45,16 @@ unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: 
 unsafe extern "C-unwind" fn subxact_callback(
     event: pg_sys::SubXactEvent::Type,
     my_subid: SubTransactionId,
-    _parent: SubTransactionId,
+    parent: SubTransactionId,
     _arg: *mut std::ffi::c_void,
 ) {
-    if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB {
-        store::on_subxact_abort(my_subid);
-        alerts::on_subxact_abort(my_subid);
+    match event {
+        pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB => {
+            store::on_subxact_abort(my_subid);
+            alerts::on_subxact_abort(my_subid);
+        }
+        pg_sys::SubXactEvent::SUBXACT_EVENT_COMMIT_SUB => store::on_subxact_commit(my_subid, parent),
+        _ => {}
     }
 }
 

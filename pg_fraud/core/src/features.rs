@@ -6,7 +6,7 @@
 
 use crate::geo::{haversine_km, speed_kmh, LatLon};
 use crate::sketch::Window;
-use crate::state::{value_hash, Event, State, ACTIVITY_HALF_LIFE_DAYS, RISK_HALF_LIFE_DAYS};
+use crate::state::{value_hash, Event, StateView, ACTIVITY_HALF_LIFE_DAYS, RISK_HALF_LIFE_DAYS};
 use crate::stats::MAX_PROFILE_AMOUNT;
 use crate::timefeat::{hour_of_day, DAY_US};
 
@@ -239,13 +239,13 @@ impl Default for FeatureConfig {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct KeyStates<'s> {
     /// The entity's state (`None` for a NULL entity).
-    pub entity: Option<&'s State>,
+    pub entity: Option<StateView<'s>>,
     /// The merchant's state, if the merchant is mapped and non-NULL.
-    pub merchant: Option<&'s State>,
+    pub merchant: Option<StateView<'s>>,
     /// The device's state.
-    pub device: Option<&'s State>,
+    pub device: Option<StateView<'s>>,
     /// The IP's state.
-    pub ip: Option<&'s State>,
+    pub ip: Option<StateView<'s>>,
 }
 
 /// Whether an amount may enter profiles and sums.
@@ -274,9 +274,9 @@ impl Txn<'_> {
     }
 }
 
-fn window_with_self(state: Option<&State>, t_us: i64, window_us: i64, amount: f64) -> Option<Window> {
+fn window_with_self(state: Option<StateView<'_>>, t_us: i64, window_us: i64, amount: f64) -> Option<Window> {
     let mut w = match state {
-        Some(s) => s.velocity.query(t_us, window_us)?,
+        Some(s) => s.velocity(t_us, window_us)?,
         None => Window::default(),
     };
     w.count += 1;
@@ -314,61 +314,70 @@ pub fn compute(txn: &Txn, states: &KeyStates, cfg: &FeatureConfig) -> FeatureVec
     }
 
     // Velocity: a row with a NULL entity still has a velocity of one (itself).
-    let windows = [
-        (TX_COUNT_1M, None, 60),
-        (TX_COUNT_10M, Some(AMOUNT_SUM_10M), 600),
-        (TX_COUNT_1H, Some(AMOUNT_SUM_1H), 3600),
-        (TX_COUNT_24H, Some(AMOUNT_SUM_24H), 86_400),
+    const WINDOWS_S: [i64; 4] = [60, 600, 3600, 86_400];
+    let windows = match states.entity {
+        Some(e) => e.velocity_many(t, WINDOWS_S.map(|s| s * 1_000_000)),
+        None => [Some(Window::default()); 4],
+    };
+    let ids = [
+        (TX_COUNT_1M, None),
+        (TX_COUNT_10M, Some(AMOUNT_SUM_10M)),
+        (TX_COUNT_1H, Some(AMOUNT_SUM_1H)),
+        (TX_COUNT_24H, Some(AMOUNT_SUM_24H)),
     ];
-    for (count_id, sum_id, secs) in windows {
-        if let Some(w) = window_with_self(states.entity, t, secs * 1_000_000, amount_for_sums) {
-            v[count_id] = Value::Num(w.count as f64);
-            if let Some(sid) = sum_id {
-                v[sid] = Value::num(w.sum);
-            }
-            if count_id == TX_COUNT_10M {
-                v[AVG_AMOUNT_10M] = Value::num(w.sum / w.count as f64);
-            }
+    for ((count_id, sum_id), w) in ids.into_iter().zip(windows) {
+        let Some(mut w) = w else { continue };
+        w.count += 1;
+        w.sum += amount_for_sums;
+        v[count_id] = Value::Num(w.count as f64);
+        if let Some(sid) = sum_id {
+            v[sid] = Value::num(w.sum);
+        }
+        if count_id == TX_COUNT_10M {
+            v[AVG_AMOUNT_10M] = Value::num(w.sum / w.count as f64);
         }
     }
 
     let clip = cfg.zscore_clip;
     if let Some(e) = states.entity {
-        v[ENTITY_TX_COUNT] = Value::Num(e.n as f64);
-        if let Some(first) = e.first_seen_us {
+        let n = e.n();
+        v[ENTITY_TX_COUNT] = Value::Num(n as f64);
+        if let Some(first) = e.first_seen_us() {
             v[ENTITY_AGE_DAYS] = Value::num(((t - first) as f64 / DAY_US as f64).max(0.0));
         }
-        if let Some(last) = e.last_seen_us {
+        if let Some(last) = e.last_seen_us() {
             v[SECS_SINCE_LAST] = Value::num(((t - last) as f64 / 1e6).max(0.0));
         }
         if let Some(a) = valid_amount {
-            v[AMOUNT_ZSCORE] = Value::opt_num(e.amount.zscore(a, clip));
-            v[AMOUNT_ROBUST_Z] = Value::opt_num(e.log_amount.robust_z(a, clip));
-            if e.amount.n > 0 && e.amount.mean > 0.0 {
-                v[AMOUNT_TO_MEAN] = Value::num(a / e.amount.mean);
+            let w = e.amount();
+            v[AMOUNT_ZSCORE] = Value::opt_num(w.zscore(a, clip));
+            v[AMOUNT_ROBUST_Z] = Value::opt_num(e.robust_z(a, clip));
+            if w.n > 0 && w.mean > 0.0 {
+                v[AMOUNT_TO_MEAN] = Value::num(a / w.mean);
             }
-            if let Some(m) = e.max_amount.filter(|m| *m > 0.0) {
+            if let Some(m) = e.max_amount().filter(|m| *m > 0.0) {
                 v[AMOUNT_TO_MAX] = Value::num(a / m);
             }
         }
         if let Some(p) = loc {
-            if let Some(home) = e.home.center() {
+            if let Some(home) = e.home() {
                 v[KM_FROM_HOME] = Value::num(haversine_km(p, home));
             }
-            if let Some((prev, prev_t)) = e.last_location {
+            if let Some((prev, prev_t)) = e.last_location() {
                 let km = haversine_km(p, prev);
                 v[KM_FROM_LAST] = Value::num(km);
                 v[SPEED_KMH] = Value::opt_num(speed_kmh(km, (t - prev_t) as f64 / 1e6));
             }
         }
-        v[HOUR_UNUSUALNESS] = Value::opt_num(e.hours.unusualness(hour_of_day(t), cfg.hour_min_events));
+        v[HOUR_UNUSUALNESS] = Value::opt_num(e.hours().unusualness(hour_of_day(t), cfg.hour_min_events));
         // Novelty is only meaningful once the entity has a history to be new against.
-        if e.n > 0 {
-            let novel =
-                |set: &crate::state::RecentSet, value: Option<&str>| value.map(|s| !set.contains(value_hash(s)));
-            v[IS_NEW_DEVICE] = Value::opt_bool(novel(&e.devices, txn.device));
-            v[IS_NEW_MERCHANT] = Value::opt_bool(novel(&e.merchants, txn.merchant));
-            v[IS_NEW_COUNTRY] = Value::opt_bool(novel(&e.countries, txn.country));
+        if n > 0 {
+            let novel = |set: fn(&crate::state::State) -> &crate::state::RecentSet, value: Option<&str>| {
+                value.map(|s| !e.knows(set, value_hash(s)))
+            };
+            v[IS_NEW_DEVICE] = Value::opt_bool(novel(|s| &s.devices, txn.device));
+            v[IS_NEW_MERCHANT] = Value::opt_bool(novel(|s| &s.merchants, txn.merchant));
+            v[IS_NEW_COUNTRY] = Value::opt_bool(novel(|s| &s.countries, txn.country));
         }
     } else if txn.entity.is_some() {
         // A first transaction: known zero history rather than unknown.
@@ -384,19 +393,20 @@ pub fn compute(txn: &Txn, states: &KeyStates, cfg: &FeatureConfig) -> FeatureVec
             v[MERCHANT_TX_COUNT_24H] = Value::Num(w.count as f64);
         }
         if let Some(m) = m {
-            if let Some(first) = m.first_seen_us {
+            if let Some(first) = m.first_seen_us() {
                 v[MERCHANT_AGE_DAYS] = Value::num(((t - first) as f64 / DAY_US as f64).max(0.0));
             }
-            let fraud = m.fraud_labels.value_at(t, RISK_HALF_LIFE_DAYS);
-            let genuine = m.genuine_labels.value_at(t, RISK_HALF_LIFE_DAYS);
+            let fraud = m.decayed(|s| &s.fraud_labels, t, RISK_HALF_LIFE_DAYS).max(0.0);
+            let genuine = m.decayed(|s| &s.genuine_labels, t, RISK_HALF_LIFE_DAYS).max(0.0);
             if fraud + genuine > 0.0 {
                 // Beta(0.1, 9.9) prior: a 1% base rate worth ten labels, so one fraud label on
                 // a new merchant reads as ~10%, not 100%.
                 v[MERCHANT_FRAUD_RATE] = Value::num((fraud + 0.1) / (fraud + genuine + 10.0));
             }
-            let activity = m.activity.value_at(t, ACTIVITY_HALF_LIFE_DAYS);
+            let activity = m.decayed(|s| &s.activity, t, ACTIVITY_HALF_LIFE_DAYS);
             if activity >= 1.0 {
-                v[MERCHANT_ALERT_RATE] = Value::num((m.alerts.value_at(t, RISK_HALF_LIFE_DAYS) / activity).min(1.0));
+                v[MERCHANT_ALERT_RATE] =
+                    Value::num((m.decayed(|s| &s.alerts, t, RISK_HALF_LIFE_DAYS) / activity).min(1.0));
             }
         }
     }
@@ -411,9 +421,9 @@ pub fn compute(txn: &Txn, states: &KeyStates, cfg: &FeatureConfig) -> FeatureVec
         if let Some(w) = window_with_self(state, t, 3_600_000_000, 0.0) {
             v[count_id] = Value::Num(w.count as f64);
         }
-        let mut distinct = state.map_or(0, |s| s.entities.len());
+        let mut distinct = state.map_or(0, |s| s.distinct_entities());
         if let Some(h) = entity_hash {
-            if !state.is_some_and(|s| s.entities.contains(h)) {
+            if !state.is_some_and(|s| s.knows(|s| &s.entities, h)) {
                 distinct += 1;
             }
         }
@@ -425,7 +435,7 @@ pub fn compute(txn: &Txn, states: &KeyStates, cfg: &FeatureConfig) -> FeatureVec
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::Kind;
+    use crate::state::{Kind, State};
 
     const T0: i64 = 1_700_000_000_000_000;
     const MIN: i64 = 60_000_000;
@@ -486,7 +496,11 @@ mod tests {
         t.device = Some("dev_new");
         t.country = Some("BR");
         t.location = Some((-23.55, -46.63)); // São Paulo
-        let fv = compute(&t, &KeyStates { entity: Some(&e), ..Default::default() }, &FeatureConfig::default());
+        let fv = compute(
+            &t,
+            &KeyStates { entity: Some(StateView::one(&e)), ..Default::default() },
+            &FeatureConfig::default(),
+        );
         assert_eq!(fv.get(f::AMOUNT_ZSCORE), &Value::Num(10.0));
         assert!(matches!(fv.get(f::AMOUNT_ROBUST_Z), Value::Num(z) if *z > 5.0));
         assert_eq!(fv.get(f::IS_NEW_DEVICE), &Value::Bool(true));
@@ -502,7 +516,7 @@ mod tests {
     #[test]
     fn bad_inputs_give_defined_values() {
         let e = history(10);
-        let states = KeyStates { entity: Some(&e), ..Default::default() };
+        let states = KeyStates { entity: Some(StateView::one(&e)), ..Default::default() };
         for amount in [None, Some(f64::NAN), Some(f64::INFINITY), Some(f64::NEG_INFINITY), Some(1e300)] {
             let mut t = txn(0.0, 20_000);
             t.amount = amount;
@@ -533,7 +547,11 @@ mod tests {
         }
         let mut now = txn(3.0, 0);
         now.t_us = T0 + 5_000_000;
-        let fv = compute(&now, &KeyStates { entity: Some(&e), ..Default::default() }, &FeatureConfig::default());
+        let fv = compute(
+            &now,
+            &KeyStates { entity: Some(StateView::one(&e)), ..Default::default() },
+            &FeatureConfig::default(),
+        );
         assert_eq!(fv.get(f::TX_COUNT_1M), &Value::Num(6.0));
         assert_eq!(fv.get(f::AMOUNT_SUM_10M), &Value::Num(13.0));
         assert_eq!(fv.get(f::AVG_AMOUNT_10M), &Value::Num(13.0 / 6.0));
@@ -549,11 +567,19 @@ mod tests {
         }
         let mut t = txn(1.0, 1);
         t.entity = Some("d");
-        let fv = compute(&t, &KeyStates { device: Some(&dev), ..Default::default() }, &FeatureConfig::default());
+        let fv = compute(
+            &t,
+            &KeyStates { device: Some(StateView::one(&dev)), ..Default::default() },
+            &FeatureConfig::default(),
+        );
         assert_eq!(fv.get(f::DEVICE_ENTITY_COUNT), &Value::Num(4.0));
         assert_eq!(fv.get(f::DEVICE_TX_COUNT_1H), &Value::Num(4.0));
         t.entity = Some("a");
-        let fv = compute(&t, &KeyStates { device: Some(&dev), ..Default::default() }, &FeatureConfig::default());
+        let fv = compute(
+            &t,
+            &KeyStates { device: Some(StateView::one(&dev)), ..Default::default() },
+            &FeatureConfig::default(),
+        );
         assert_eq!(fv.get(f::DEVICE_ENTITY_COUNT), &Value::Num(3.0));
     }
 
@@ -564,7 +590,11 @@ mod tests {
         for _ in 0..20 {
             m.record(Kind::Merchant, &t.event(t.t_us));
         }
-        let fv = compute(&t, &KeyStates { merchant: Some(&m), ..Default::default() }, &FeatureConfig::default());
+        let fv = compute(
+            &t,
+            &KeyStates { merchant: Some(StateView::one(&m)), ..Default::default() },
+            &FeatureConfig::default(),
+        );
         assert_eq!(fv.get(f::MERCHANT_FRAUD_RATE), &Value::Null, "no labels yet");
         for _ in 0..5 {
             m.record_label(true, t.t_us);
@@ -572,7 +602,11 @@ mod tests {
         for _ in 0..5 {
             m.record_label(false, t.t_us);
         }
-        let fv = compute(&t, &KeyStates { merchant: Some(&m), ..Default::default() }, &FeatureConfig::default());
+        let fv = compute(
+            &t,
+            &KeyStates { merchant: Some(StateView::one(&m)), ..Default::default() },
+            &FeatureConfig::default(),
+        );
         let Value::Num(rate) = *fv.get(f::MERCHANT_FRAUD_RATE) else { panic!() };
         assert!((rate - 5.1 / 20.0).abs() < 1e-9, "{rate}");
         assert_eq!(fv.get(f::MERCHANT_TX_COUNT_1H), &Value::Num(21.0));

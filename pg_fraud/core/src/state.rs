@@ -279,15 +279,154 @@ impl State {
         match bytes.split_first() {
             None => Err(StateError::Empty),
             Some((&STATE_FORMAT, rest)) => {
-                let (state, left) =
+                let (mut state, left) =
                     postcard::take_from_bytes::<State>(rest).map_err(|e| StateError::Corrupt(e.to_string()))?;
                 if !left.is_empty() {
                     return Err(StateError::Corrupt(format!("{} trailing bytes", left.len())));
                 }
+                state.velocity.after_decode();
                 Ok(state)
             }
             Some((&v, _)) => Err(StateError::UnknownFormat(v)),
         }
+    }
+}
+
+/// A read-only view of a key's state split in two parts — the committed state read from the
+/// table and this statement's unwritten delta — answering as if they were merged, without
+/// copying the big parts (velocity buckets, recent sets).
+#[derive(Clone, Copy, Debug)]
+pub struct StateView<'a> {
+    base: &'a State,
+    delta: Option<&'a State>,
+}
+
+impl<'a> StateView<'a> {
+    /// A view of one state.
+    pub fn one(s: &'a State) -> Self {
+        StateView { base: s, delta: None }
+    }
+
+    /// A view of a committed state plus a delta.
+    pub fn two(base: &'a State, delta: &'a State) -> Self {
+        StateView { base, delta: Some(delta) }
+    }
+
+    fn parts(&self) -> impl Iterator<Item = &'a State> + '_ {
+        std::iter::once(self.base).chain(self.delta)
+    }
+
+    /// Events recorded.
+    pub fn n(&self) -> u64 {
+        self.parts().map(|s| s.n).sum()
+    }
+
+    /// First event time.
+    pub fn first_seen_us(&self) -> Option<i64> {
+        self.parts().filter_map(|s| s.first_seen_us).min()
+    }
+
+    /// Newest event time.
+    pub fn last_seen_us(&self) -> Option<i64> {
+        self.parts().filter_map(|s| s.last_seen_us).max()
+    }
+
+    /// Running mean/variance of valid amounts.
+    pub fn amount(&self) -> Welford {
+        let mut w = self.base.amount;
+        if let Some(d) = self.delta {
+            w.merge(&d.amount);
+        }
+        w
+    }
+
+    /// Robust z-score of an amount against the merged log-amount histogram.
+    pub fn robust_z(&self, amount: f64, clip: f64) -> Option<f64> {
+        match self.delta.filter(|d| d.log_amount.count() > 0) {
+            None => self.base.log_amount.robust_z(amount, clip),
+            Some(d) => {
+                let mut h = self.base.log_amount.clone();
+                h.merge(&d.log_amount);
+                h.robust_z(amount, clip)
+            }
+        }
+    }
+
+    /// Largest valid amount.
+    pub fn max_amount(&self) -> Option<f64> {
+        self.parts().filter_map(|s| s.max_amount).reduce(f64::max)
+    }
+
+    /// Home location.
+    pub fn home(&self) -> Option<LatLon> {
+        let mut h = self.base.home;
+        if let Some(d) = self.delta {
+            h.merge(&d.home);
+        }
+        h.center()
+    }
+
+    /// The newest located event.
+    pub fn last_location(&self) -> Option<(LatLon, i64)> {
+        self.parts().filter_map(|s| s.last_location).max_by(|a, b| {
+            (a.1, a.0.lat, a.0.lon).partial_cmp(&(b.1, b.0.lat, b.0.lon)).unwrap_or(std::cmp::Ordering::Equal)
+        })
+    }
+
+    /// Activity by hour of day.
+    pub fn hours(&self) -> HourHistogram {
+        let mut h = self.base.hours;
+        if let Some(d) = self.delta {
+            h.merge(&d.hours);
+        }
+        h
+    }
+
+    /// Whether a device / merchant / country hash is among the recent ones.
+    pub fn knows(&self, set: fn(&State) -> &RecentSet, hash: u64) -> bool {
+        self.parts().any(|s| set(s).contains(hash))
+    }
+
+    /// Distinct entities seen on this key (capped like the sets themselves).
+    pub fn distinct_entities(&self) -> usize {
+        let extra = self
+            .delta
+            .map_or(0, |d| d.entities.entries.iter().filter(|(h, _)| !self.base.entities.contains(*h)).count());
+        (self.base.entities.len() + extra).min(RECENT_SET_CAPACITY)
+    }
+
+    /// Events in a window (see [`VelocitySketch::query`]).
+    pub fn velocity(&self, at_us: i64, window_us: i64) -> Option<crate::sketch::Window> {
+        let mut w = self.base.velocity.query(at_us, window_us)?;
+        if let Some(d) = self.delta {
+            let x = d.velocity.query(at_us, window_us)?;
+            w.count += x.count;
+            w.sum += x.sum;
+        }
+        Some(w)
+    }
+
+    /// Several windows ending at `at_us` (ascending), see [`VelocitySketch::query_many`].
+    pub fn velocity_many<const N: usize>(
+        &self,
+        at_us: i64,
+        windows_us: [i64; N],
+    ) -> [Option<crate::sketch::Window>; N] {
+        let mut out = self.base.velocity.query_many(at_us, windows_us);
+        if let Some(d) = self.delta {
+            for (o, x) in out.iter_mut().zip(d.velocity.query_many(at_us, windows_us)) {
+                *o = match (*o, x) {
+                    (Some(a), Some(b)) => Some(crate::sketch::Window { count: a.count + b.count, sum: a.sum + b.sum }),
+                    _ => None,
+                };
+            }
+        }
+        out
+    }
+
+    /// A decayed counter's value at `t_us`.
+    pub fn decayed(&self, counter: fn(&State) -> &DecayedCount, t_us: i64, half_life_days: f64) -> f64 {
+        self.parts().map(|s| counter(s).value_at(t_us, half_life_days)).sum()
     }
 }
 
