@@ -137,6 +137,7 @@ features! {
     AMOUNT_SUM_1H = "amount_sum_1h": Num, "Entity amount total over 1 hour, this one included.";
     AMOUNT_SUM_24H = "amount_sum_24h": Num, "Entity amount total over 24 hours, this one included.";
     AVG_AMOUNT_10M = "avg_amount_10m": Num, "Mean amount of the entity's transactions in the last 10 minutes.";
+    SPEND_1H_TO_MEAN = "spend_1h_to_mean": Num, "Last hour's spend (this one included) in multiples of the entity's mean amount.";
     MERCHANT_TX_COUNT_1H = "merchant_tx_count_1h": Num, "Transactions at this merchant/terminal in the last hour.";
     MERCHANT_TX_COUNT_24H = "merchant_tx_count_24h": Num, "Transactions at this merchant/terminal in the last 24 hours.";
     MERCHANT_AGE_DAYS = "merchant_age_days": Num, "Days since the merchant's first transaction.";
@@ -348,8 +349,13 @@ pub fn compute(txn: &Txn, states: &KeyStates, cfg: &FeatureConfig) -> FeatureVec
         if let Some(last) = e.last_seen_us() {
             v[SECS_SINCE_LAST] = Value::num(((t - last) as f64 / 1e6).max(0.0));
         }
+        let w = e.amount();
+        if w.n > 0 && w.mean > 0.0 {
+            if let Value::Num(spend) = v[AMOUNT_SUM_1H] {
+                v[SPEND_1H_TO_MEAN] = Value::num(spend / w.mean);
+            }
+        }
         if let Some(a) = valid_amount {
-            let w = e.amount();
             v[AMOUNT_ZSCORE] = Value::opt_num(w.zscore(a, clip));
             v[AMOUNT_ROBUST_Z] = Value::opt_num(e.robust_z(a, clip));
             if w.n > 0 && w.mean > 0.0 {
