@@ -4,7 +4,9 @@
 #   pg_fraud/models/bench/run.sh [ROWS ...]      (default: 100000 1000000)
 #
 # Steps, each safe to re-run:
-#   1. a Python venv in bench/.venv with scikit-learn and numpy from PyPI (skipped if present);
+#   1. a Python venv in bench/.venv with scikit-learn, numpy and imbalanced-learn from PyPI
+#      (skipped if present; imbalanced-learn provides the balanced random forest that is the
+#      like-for-like reference for fraud_models' classifier);
 #   2. one CSV per size in bench/data/ (skipped if present), written by sklearn_bench.py gen;
 #   3. the Rust side: examples/bench.rs built with --release, JSON into bench/results/;
 #   4. the scikit-learn side on the same CSV, JSON into bench/results/;
@@ -20,7 +22,7 @@ max_samples="${RF_MAX_SAMPLES:-20000}"
 
 if [ ! -x "$here/.venv/bin/python" ]; then
     python3 -m venv "$here/.venv"
-    "$here/.venv/bin/pip" install --quiet scikit-learn numpy
+    "$here/.venv/bin/pip" install --quiet scikit-learn numpy imbalanced-learn
 fi
 py="$here/.venv/bin/python"
 mkdir -p "$here/data" "$here/results"

@@ -2,7 +2,8 @@
 """scikit-learn side of the fraud_models benchmark.
 
   sklearn_bench.py gen   ROWS OUT.csv          write a synthetic fraud-like data set
-  sklearn_bench.py run   DATA.csv [MAX_SAMPLES] time IsolationForest and RandomForestClassifier
+  sklearn_bench.py run   DATA.csv [MAX_SAMPLES] time IsolationForest, RandomForestClassifier and
+                                                (if installed) imbalanced-learn's BalancedRandomForest
   sklearn_bench.py table RUST.json SKLEARN.json print the comparison
 
 The data set imitates the extension's feature vector: ~1% fraud whose distributions
@@ -25,6 +26,16 @@ FEATURES = [
     "ip_risk", "noise",
 ]
 LATENCY_CALLS = 300  # sklearn's per-call overhead is milliseconds: 300 calls give a stable p99
+BATCH_REPEATS = 3  # the fastest of 3 batch runs counts, as on the Rust side
+
+
+def best_of(fn):
+    best, out = float("inf"), None
+    for _ in range(BATCH_REPEATS):
+        t = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t)
+    return out, best
 
 
 def generate(rows, out):
@@ -106,9 +117,7 @@ def run(path, max_samples):
     t = time.perf_counter()
     iforest.fit(x_train)
     fit = time.perf_counter() - t
-    t = time.perf_counter()
-    scores = -iforest.score_samples(x_test)
-    batch = time.perf_counter() - t
+    scores, batch = best_of(lambda: -iforest.score_samples(x_test))
     p50, p99 = timed_single(iforest.score_samples, x_test)
     out["iforest"] = {"fit_s": fit, "batch_rows_per_s": len(x_test) / batch,
                       "single_p50_us": p50, "single_p99_us": p99,
@@ -120,13 +129,32 @@ def run(path, max_samples):
     t = time.perf_counter()
     rf.fit(x_train, y_train)
     fit = time.perf_counter() - t
-    t = time.perf_counter()
-    proba = rf.predict_proba(x_test)[:, 1]
-    batch = time.perf_counter() - t
+    proba, batch = best_of(lambda: rf.predict_proba(x_test)[:, 1])
     p50, p99 = timed_single(rf.predict_proba, x_test)
     out["rf"] = {"fit_s": fit, "batch_rows_per_s": len(x_test) / batch,
                  "single_p50_us": p50, "single_p99_us": p99,
                  "auc": roc_auc_score(y_test, proba)}
+    try:
+        from imblearn.ensemble import BalancedRandomForestClassifier
+    except ImportError:
+        print(json.dumps(out))
+        return
+    # The like-for-like reference for fraud_models' classifier: Chen et al.'s balanced random
+    # forest (every tree: all frauds, as many genuine rows drawn without replacement, then a
+    # bootstrap), same trees, depth and features per split.
+    from imblearn import __version__ as imblearn_version
+    out["imblearn_version"] = imblearn_version
+    brf = BalancedRandomForestClassifier(n_estimators=100, max_depth=12, max_features="sqrt",
+                                         sampling_strategy="auto", replacement=False,
+                                         bootstrap=True, random_state=42, n_jobs=1)
+    t = time.perf_counter()
+    brf.fit(x_train, y_train)
+    fit = time.perf_counter() - t
+    proba, batch = best_of(lambda: brf.predict_proba(x_test)[:, 1])
+    p50, p99 = timed_single(brf.predict_proba, x_test)
+    out["brf"] = {"fit_s": fit, "batch_rows_per_s": len(x_test) / batch,
+                  "single_p50_us": p50, "single_p99_us": p99,
+                  "auc": roc_auc_score(y_test, proba)}
     print(json.dumps(out))
 
 
@@ -144,12 +172,18 @@ def table(rust_path, sk_path):
         ("single_p99_us", "1-row p99 (us)", lambda r, s: s / r, "x faster"),
         ("auc", "held-out AUC", lambda r, s: r - s, "diff"),
     ]
-    for model in ("iforest", "rf"):
+    pairs = [("iforest", "iforest"), ("rf", "rf")]
+    if "brf" in sk:
+        pairs.append(("rf", "brf"))
+        print(f"(rf vs brf: the same classifier against imbalanced-learn "
+              f"{sk['imblearn_version']}'s BalancedRandomForestClassifier)")
+    for model, other in pairs:
         for key, label, ratio, unit in rows:
-            r, s = rust[model][key], sk[model][key]
+            r, s = rust[model][key], sk[other][key]
             fmt = (lambda v: f"{v:.4f}") if key == "auc" else (lambda v: f"{v:,.3g}" if v < 1000 else f"{v:,.0f}")
             rat = f"{ratio(r, s):+.4f}" if key == "auc" else f"{ratio(r, s):.2f}x"
-            print(f"{model:<8} {label:<22} {fmt(r):>14} {fmt(s):>14} {rat:>10}")
+            name = model if other == model else f"rf/{other}"
+            print(f"{name:<8} {label:<22} {fmt(r):>14} {fmt(s):>14} {rat:>10}")
 
 
 if __name__ == "__main__":

@@ -347,8 +347,10 @@ impl Classifier {
         if p == 0 || self.medians.len() != p {
             return Err(ModelError::corrupt("feature names and medians disagree"));
         }
-        if self.node_fraction.len() != self.forest.nodes.len() {
-            return Err(ModelError::corrupt("node fractions do not match the nodes"));
+        if self.node_fraction.len() != self.forest.nodes.len()
+            || self.node_fraction.iter().any(|f| !(0.0..=1.0).contains(f))
+        {
+            return Err(ModelError::corrupt("node fractions do not match the nodes or leave [0, 1]"));
         }
         if !(self.odds_ratio.is_finite() && self.odds_ratio > 0.0) {
             return Err(ModelError::corrupt("calibration factor is not positive"));

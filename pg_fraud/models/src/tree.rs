@@ -18,6 +18,9 @@ pub(crate) const LEAF: u32 = u32::MAX;
 /// rows while the rows' features (64 x 8 x p bytes) stay in L1/L2.
 const BATCH_BLOCK: usize = 64;
 
+/// Rows walked down a tree in lockstep by the batch path (see `walk_lanes`).
+const LANES: usize = 8;
+
 /// One node. For a split, `value` is the threshold (`x <= value` goes left, to the next node);
 /// for a leaf, `value` is what the tree outputs.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -49,30 +52,44 @@ impl Forest {
         self.roots.len()
     }
 
-    /// Leaf value reached by `row` in the tree rooted at `root`; NaN features take the
-    /// training median (`fill`).
-    #[inline]
-    pub(crate) fn leaf_value(&self, root: u32, row: &[f64], fill: &[f64]) -> f64 {
-        let nodes = &self.nodes[..];
-        let mut i = root as usize;
-        loop {
-            let node = nodes[i];
-            if node.is_leaf() {
-                return node.value;
-            }
-            let f = node.feature as usize;
-            let mut v = row[f];
-            if v.is_nan() {
-                v = fill[f];
-            }
-            i = if v <= node.value { i + 1 } else { node.right as usize };
-        }
-    }
-
-    /// Sum over all trees of the leaf values reached by `row`.
-    #[inline]
+    /// Sum over all trees of the leaf values reached by `row`. Walks `LANES` trees in
+    /// lockstep, for the same reason as the batch path: independent walks overlap their
+    /// cache misses. Allocation-free.
     pub(crate) fn sum_leaf_values(&self, row: &[f64], fill: &[f64]) -> f64 {
-        self.roots.iter().map(|&root| self.leaf_value(root, row, fill)).sum()
+        let nodes = &self.nodes[..];
+        let mut total = 0.0;
+        for roots in self.roots.chunks(LANES) {
+            let mut at = [0usize; LANES];
+            for (slot, &root) in at.iter_mut().zip(roots) {
+                *slot = root as usize;
+            }
+            let lanes = roots.len();
+            loop {
+                let mut moving = false;
+                for i in at.iter_mut().take(lanes) {
+                    let node = nodes[*i];
+                    if node.is_leaf() {
+                        continue;
+                    }
+                    moving = true;
+                    let f = node.feature as usize;
+                    let mut v = row[f];
+                    if v.is_nan() {
+                        v = fill[f];
+                    }
+                    *i = if v <= node.value { *i + 1 } else { node.right as usize };
+                }
+                if !moving {
+                    break;
+                }
+            }
+            // One addition per tree, in tree order, exactly like the batch path and the
+            // explanations, so all three give bit-identical scores.
+            for &i in at.iter().take(lanes) {
+                total += nodes[i].value;
+            }
+        }
+        total
     }
 
     /// Walks one tree and calls `step(parent, child)` for every edge taken; returns the leaf.
@@ -111,21 +128,39 @@ impl Forest {
                 }
             }
             for &root in &self.roots {
-                for (r, acc) in out_block.iter_mut().enumerate() {
-                    let row = &block[r * p..(r + 1) * p];
-                    let mut i = root as usize;
-                    loop {
-                        let node = self.nodes[i];
-                        if node.is_leaf() {
-                            *acc += node.value;
-                            break;
-                        }
-                        i = if row[node.feature as usize] <= node.value { i + 1 } else { node.right as usize };
-                    }
+                for (lane_start, accs) in (0..rows).step_by(LANES).zip(out_block.chunks_mut(LANES)) {
+                    self.walk_lanes(root, &block[lane_start * p..], p, accs);
                 }
             }
         }
         out
+    }
+
+    /// Walks up to `LANES` rows (row-major in `rows`, `p` features each) down one tree at
+    /// once and adds the leaf values to `accs`. Advancing several independent walks per step
+    /// keeps several node loads in flight instead of waiting on one cache miss at a time; a
+    /// finished walk just re-reads its (cached) leaf until the slowest one arrives.
+    fn walk_lanes(&self, root: u32, rows: &[f64], p: usize, accs: &mut [f64]) {
+        let nodes = &self.nodes[..];
+        let mut at = [root as usize; LANES];
+        let lanes = accs.len();
+        loop {
+            let mut moving = false;
+            for (lane, i) in at.iter_mut().enumerate().take(lanes) {
+                let node = nodes[*i];
+                if node.is_leaf() {
+                    continue;
+                }
+                moving = true;
+                *i = if rows[lane * p + node.feature as usize] <= node.value { *i + 1 } else { node.right as usize };
+            }
+            if !moving {
+                break;
+            }
+        }
+        for (acc, &i) in accs.iter_mut().zip(&at) {
+            *acc += nodes[i].value;
+        }
     }
 
     /// Structural checks run on every decoded model, so that no corrupted-but-checksummed or
@@ -191,11 +226,11 @@ mod tests {
     fn walks_and_imputes() {
         let f = small();
         let fill = [0.0, 9.0];
-        assert_eq!(f.leaf_value(0, &[0.5, 0.0], &fill), 10.0);
-        assert_eq!(f.leaf_value(0, &[2.0, 4.0], &fill), 20.0);
-        assert_eq!(f.leaf_value(0, &[2.0, f64::NAN], &fill), 30.0);
-        assert_eq!(f.leaf_value(0, &[f64::NAN, 100.0], &fill), 10.0);
-        assert_eq!(f.leaf_value(0, &[f64::INFINITY, f64::NEG_INFINITY], &fill), 20.0);
+        assert_eq!(f.sum_leaf_values(&[0.5, 0.0], &fill), 10.0);
+        assert_eq!(f.sum_leaf_values(&[2.0, 4.0], &fill), 20.0);
+        assert_eq!(f.sum_leaf_values(&[2.0, f64::NAN], &fill), 30.0);
+        assert_eq!(f.sum_leaf_values(&[f64::NAN, 100.0], &fill), 10.0);
+        assert_eq!(f.sum_leaf_values(&[f64::INFINITY, f64::NEG_INFINITY], &fill), 20.0);
         let x = ndarray::array![[0.5, 0.0], [2.0, 4.0], [2.0, f64::NAN]];
         assert_eq!(f.sum_leaf_values_batch(x.view(), &fill), vec![10.0, 20.0, 30.0]);
         assert!(f.validate(2).is_ok());
