@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -176,10 +176,19 @@ impl Worker {
         }
     }
 
-    /// Claims and dispatches until `stop`; then lets in-flight sends finish within the
+    /// Waits for `may_claim`, then claims and dispatches until `stop`; then lets in-flight sends finish within the
     /// shutdown grace period (sends not yet started give up at once: their claims are
     /// released by the caller).
-    pub async fn run(self: Arc<Self>, engine: Arc<Engine>, stop: CancellationToken) {
+    pub async fn run(
+        self: Arc<Self>,
+        engine: Arc<Engine>,
+        mut may_claim: watch::Receiver<bool>,
+        stop: CancellationToken,
+    ) {
+        tokio::select! {
+            _ = may_claim.wait_for(|ok| *ok) => {}
+            _ = stop.cancelled() => return,
+        }
         let mut tasks = JoinSet::new();
         let poll = engine.delivery.poll_interval;
         let mut db_errors = 0u32;

@@ -35,7 +35,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -112,6 +112,7 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: impl Future<
 
     let recorder =
         Guard(tokio::spawn(dispatch::record(db.clone(), recorder_rx, hard_stop.clone(), config.database.reconnect)));
+    let (may_claim, may_claim_rx) = watch::channel(false);
     let supervisor = Listener {
         db: db.clone(),
         metrics: metrics.clone(),
@@ -123,10 +124,13 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: impl Future<
             .collect(),
         poll_interval: config.delivery.poll_interval,
         reconnect: config.database.reconnect,
+        may_claim,
     };
     let listen = Guard(tokio::spawn(supervisor.run(stop.clone())));
-    let worker_tasks: Vec<Guard<()>> =
-        workers.iter().map(|(w, _)| Guard(tokio::spawn(w.clone().run(engine.clone(), stop.clone())))).collect();
+    let worker_tasks: Vec<Guard<()>> = workers
+        .iter()
+        .map(|(w, _)| Guard(tokio::spawn(w.clone().run(engine.clone(), may_claim_rx.clone(), stop.clone()))))
+        .collect();
     drop(workers);
     drop(engine); // the recorder ends when the last worker's handle is gone
 

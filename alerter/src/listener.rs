@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde::Deserialize;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 use tokio_postgres::{AsyncMessage, Notification};
 use tokio_util::sync::CancellationToken;
@@ -58,6 +58,9 @@ pub(crate) struct Listener {
     pub targets: Vec<WakeTarget>,
     pub poll_interval: Duration,
     pub reconnect: Backoff,
+    /// Set once our own stale claims have been reclaimed; workers claim only after that,
+    /// or the reclaim would snatch back rows this very run had just claimed.
+    pub may_claim: watch::Sender<bool>,
 }
 
 /// Aborts the connection driver when the session ends, whichever way it ends.
@@ -174,6 +177,7 @@ impl Listener {
                 );
             }
             *first_session = false;
+            self.may_claim.send_replace(true);
         }
         if *connected_before {
             self.metrics.reconnects.inc();
