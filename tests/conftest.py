@@ -17,7 +17,10 @@ def db(cluster):
     """A fresh watched payments table per test (and a clean fraud schema state)."""
     with cluster.connect(autocommit=True) as conn:
         conn.execute("DROP TABLE IF EXISTS payments CASCADE")
-        conn.execute("TRUNCATE fraud.alerts, fraud.alert_deliveries, fraud.channels, fraud.labels, fraud.scoring_errors CASCADE")
+        conn.execute(
+            "TRUNCATE fraud.alerts, fraud.alert_deliveries, fraud.channels, fraud.labels, fraud.scoring_errors,"
+            " fraud.models, fraud.model_deployments, fraud.scores CASCADE"
+        )
         conn.execute(
             """CREATE TABLE payments (
                    id bigserial PRIMARY KEY, customer text NOT NULL, amount numeric NOT NULL,

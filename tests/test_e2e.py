@@ -3,6 +3,8 @@ per transaction, rollbacks, and concurrent writers of one entity."""
 
 import json
 import threading
+import time
+from pathlib import Path
 
 import psycopg
 
@@ -166,3 +168,54 @@ def test_app_role_connection_inserts_and_alerts(db):
             app.rollback()
     with db.connect() as c:
         assert c.execute("SELECT count(*) FROM fraud.alerts WHERE entity = 'dave'").fetchone()[0] == 1
+
+
+def test_a_deploy_reaches_other_connections_on_their_next_row(db):
+    with db.connect(autocommit=True) as admin, db.connect(autocommit=True) as app:
+        admin.execute(
+            "INSERT INTO payments (customer, amount, at, merchant, device, lat, lon, country)"
+            " SELECT 'c' || g % 30, 10 + g % 17, now() - make_interval(mins => g * 20), 'm' || g % 5,"
+            "        'd' || g % 30, 48.8 + (g % 30) / 100.0, 2.35, 'FR' FROM generate_series(1, 600) g"
+        )
+        admin.execute("SELECT fraud.train_isolation_forest('anomaly', n_trees => 10, deploy => 'always')")
+        explain = "SELECT fraud_explain(t)->'models'->0->>'version' FROM payments t ORDER BY id DESC LIMIT 1"
+        assert app.execute(explain).fetchone()[0] == "1"
+        admin.execute("SELECT fraud.train_isolation_forest('anomaly', n_trees => 10, seed => 7, deploy => 'always')")
+        # The app's connection caches model 1; the deploy's invalidation reaches it at its next statement.
+        assert app.execute(explain).fetchone()[0] == "2"
+        app.execute("INSERT INTO payments (customer, amount, merchant) VALUES ('c1', 12, 'm1')")
+        logged = admin.execute(
+            "SELECT model_outputs ? 'anomaly@2' FROM fraud.scores WHERE entity = 'c1' ORDER BY scored_at DESC, tx_time DESC LIMIT 1"
+        ).fetchone()[0]
+        assert logged
+        admin.execute("SELECT fraud.rollback('anomaly')")
+        assert app.execute(explain).fetchone()[0] == "1"
+        admin.execute("SELECT fraud.undeploy('anomaly')")
+        assert app.execute("SELECT fraud_explain(t)->'models' FROM payments t LIMIT 1").fetchone()[0] == []
+
+
+def test_cron_jobs_are_registered_and_run(cluster):
+    script = (Path(__file__).resolve().parents[1] / "sql" / "cron.sql").read_text()
+    with cluster.connect(autocommit=True) as c:
+        c.execute(script)
+        c.execute(script)  # re-runnable: updates in place
+        jobs = dict(c.execute("SELECT jobname, schedule FROM cron.job WHERE jobname LIKE 'pg_fraud_%'").fetchall())
+        assert jobs == {"pg_fraud_maintenance": "17 3 * * *", "pg_fraud_retrain": "42 4 * * 0"}
+        # Run the maintenance job now-ish: every minute (pg_cron 1.4 has no seconds schedule).
+        c.execute("SELECT cron.schedule('pg_fraud_maintenance', '* * * * *', $$SELECT fraud.maintenance()$$)")
+        job = c.execute("SELECT jobid FROM cron.job WHERE jobname = 'pg_fraud_maintenance'").fetchone()[0]
+        deadline = time.time() + 90
+        status = None
+        while time.time() < deadline:
+            row = c.execute(
+                "SELECT status, return_message FROM cron.job_run_details WHERE jobid = %s AND status IN ('succeeded', 'failed')"
+                " ORDER BY runid DESC LIMIT 1",
+                (job,),
+            ).fetchone()
+            if row:
+                status = row
+                break
+            time.sleep(1)
+        c.execute("SELECT cron.unschedule(jobname) FROM cron.job WHERE jobname LIKE 'pg_fraud_%'")
+        assert status is not None, "pg_cron did not run the job within 90 s"
+        assert status[0] == "succeeded", status

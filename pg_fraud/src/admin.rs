@@ -25,13 +25,13 @@ const RISK_COLUMNS: [(&str, &str); 3] =
 
 /// First column of the first row, or `None` when the query returns no row (pgrx's
 /// `get_one` treats "no row" as an error).
-fn first<T: pgrx::FromDatum + pgrx::IntoDatum>(sql: &str, args: &[pgrx::datum::DatumWithOid]) -> Result<Option<T>> {
-    Spi::connect_mut(|client| {
-        let rows = client.update(sql, Some(1), args)?;
-        for r in rows {
-            return Ok(r.get::<T>(1)?);
-        }
-        Ok(None)
+pub(crate) fn first<T: pgrx::FromDatum + pgrx::IntoDatum>(
+    sql: &str,
+    args: &[pgrx::datum::DatumWithOid],
+) -> Result<Option<T>> {
+    Spi::connect_mut(|client| match client.update(sql, Some(1), args)?.next() {
+        Some(r) => Ok(r.get::<T>(1)?),
+        None => Ok(None),
     })
 }
 
@@ -313,11 +313,19 @@ mod fraud {
     }
 
     /// Records analyst feedback on a row (by its key) and feeds it to the merchant and
-    /// entity risk features. Relabelling a row moves its count to the other class.
+    /// entity risk features. Relabelling a row moves its count to the other class. `at` is
+    /// when the truth became known (e.g. a chargeback's date; default now): training replays
+    /// labels from that instant, so no row learns from a label given after it.
     #[pg_extern(volatile, parallel_unsafe)]
     #[search_path(pg_catalog, pg_temp)]
-    fn label(source: RegClass, row_key: &str, is_fraud: bool, note: default!(Option<&str>, "NULL")) -> SqlResult<bool> {
-        label_row(source.0, row_key, is_fraud, note).map_err(|e| e.report())
+    fn label(
+        source: RegClass,
+        row_key: &str,
+        is_fraud: bool,
+        note: default!(Option<&str>, "NULL"),
+        at: default!(Option<pgrx::datum::TimestampWithTimeZone>, "NULL"),
+    ) -> SqlResult<bool> {
+        label_row(source.0, row_key, is_fraud, note, at).map_err(|e| e.report())
     }
 
     /// Inserts the built-in rules (one per classic fraud pattern; see `fraud.rules` after).
@@ -439,7 +447,7 @@ fn type_name(typoid: Oid) -> String {
 }
 
 /// Reads the mapped values out of a whole-row value of the watched table.
-fn composite_values(watch: &Watch, t: PgHeapTuple<'_, AllocatedByRust>) -> RowValues {
+pub(crate) fn composite_values(watch: &Watch, t: PgHeapTuple<'_, AllocatedByRust>) -> RowValues {
     let Ok(cols) = &watch.columns else { return RowValues::default() };
     let raw = t.into_pg();
     // SAFETY: `raw` is a tuple of the watched table's row type, which its descriptor describes.
@@ -451,7 +459,17 @@ fn composite_values(watch: &Watch, t: PgHeapTuple<'_, AllocatedByRust>) -> RowVa
     }
 }
 
-fn label_row(relid: Oid, row_key: &str, is_fraud: bool, note: Option<&str>) -> Result<bool> {
+fn label_row(
+    relid: Oid,
+    row_key: &str,
+    is_fraud: bool,
+    note: Option<&str>,
+    at: Option<pgrx::datum::TimestampWithTimeZone>,
+) -> Result<bool> {
+    let at_raw: Option<i64> = at.map(|t| t.into_inner());
+    if at_raw.is_some_and(|t| t == i64::MAX || t == i64::MIN) {
+        return Err(FraudError::InvalidArgument("label time `at` must be a finite timestamp".into()));
+    }
     let cfg = catalog::config()?;
     let watch = cfg.watch(relid)?.clone();
     // The label itself is written with the caller's rights (fraud_analyst may write labels).
@@ -460,19 +478,20 @@ fn label_row(relid: Oid, row_key: &str, is_fraud: bool, note: Option<&str>) -> R
         &[relid.into(), row_key.into()],
     )?;
     Spi::run_with_args(
-        "INSERT INTO fraud.labels (source_table, row_key, is_fraud, note) VALUES ($1::pg_catalog.oid::pg_catalog.regclass, $2, $3, $4) \
+        "INSERT INTO fraud.labels (source_table, row_key, is_fraud, note, labelled_at) \
+         VALUES ($1::pg_catalog.oid::pg_catalog.regclass, $2, $3, $4, COALESCE($5, pg_catalog.now())) \
          ON CONFLICT (source_table, row_key) DO UPDATE SET is_fraud = excluded.is_fraud, note = excluded.note, \
-             labelled_at = pg_catalog.now(), labelled_by = CURRENT_USER",
-        &[relid.into(), row_key.into(), is_fraud.into(), note.into()],
+             labelled_at = excluded.labelled_at, labelled_by = CURRENT_USER",
+        &[relid.into(), row_key.into(), is_fraud.into(), note.into(), at.into()],
     )?;
     if previous == Some(is_fraud) {
         return Ok(true);
     }
-    let row = catalog::as_owner(cfg.owner, || Spi::connect(|client| fetch_row(&client, &watch, row_key)))?;
+    let row = catalog::as_owner(cfg.owner, || Spi::connect(|client| fetch_row(client, &watch, row_key)))?;
     let Some(row) = row else {
         return Err(FraudError::InvalidArgument(format!("{} has no row with key {row_key}", watch.name)));
     };
-    let now = scoring::now_us();
+    let now = at_raw.map_or_else(scoring::now_us, crate::rowread::timestamptz_to_unix_us);
     let ids = scoring::key_ids(watch.id, &row);
     for id in [ids[0], ids[1]].into_iter().flatten() {
         store::update(id, |s| {
@@ -551,7 +570,7 @@ pub fn rebuild(relid: Oid) -> Result<i64> {
             Ok(out)
         })?;
         for (key, is_fraud, at) in labels {
-            let row = catalog::as_owner(owner, || Spi::connect(|client| fetch_row(&client, &watch, &key)))?;
+            let row = catalog::as_owner(owner, || Spi::connect(|client| fetch_row(client, &watch, &key)))?;
             if let Some(row) = row {
                 let ids = scoring::key_ids(watch.id, &row);
                 for id in [ids[0], ids[1]].into_iter().flatten() {

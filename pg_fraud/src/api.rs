@@ -82,7 +82,7 @@ fn fraud_score(t: pgrx::composite_type!("record")) -> std::result::Result<f64, p
 #[pg_extern(stable, parallel_restricted)]
 fn fraud_explain(t: pgrx::composite_type!("record")) -> std::result::Result<JsonB, pgrx::pg_sys::panic::ErrorReport> {
     let s = score_composite(t).map_err(|e| e.report())?;
-    let mut j = s.outcome.explain_json(&s.features, s.model.as_ref(), s.rules_evaluated);
+    let mut j = s.outcome.explain_json(&s.features, &s.models, s.rules_evaluated);
     j["scored_at"] = json!(iso(s.t_us));
     Ok(JsonB(j))
 }
@@ -106,7 +106,7 @@ fn iso(t_us: i64) -> String {
 }
 
 /// Resolves the watch a SQL function should read.
-fn watch_for(cfg: &Config, source: Option<&RegClass>) -> Result<std::rc::Rc<Watch>> {
+pub(crate) fn watch_for(cfg: &Config, source: Option<&RegClass>) -> Result<std::rc::Rc<Watch>> {
     Ok(match source {
         Some(rel) => cfg.watch(rel.0)?.clone(),
         None => cfg.single_watch()?.clone(),
@@ -119,7 +119,7 @@ fn parse_kind(kind: &str) -> Result<Kind> {
     })
 }
 
-fn window_us(w: &Interval) -> Result<i64> {
+pub(crate) fn window_us(w: &Interval) -> Result<i64> {
     let us = w.as_micros();
     if us <= 0 {
         return Err(FraudError::InvalidArgument(format!("window must be positive (got {us} microseconds)")));
@@ -168,7 +168,7 @@ fn exact_window(cfg: &Config, watch: &Watch, kind: Kind, key: &str, at_us: i64, 
     let q = |s: &str| pgrx::spi::quote_identifier(s);
     let ts = q(&cols.ts.name);
     let bound = |p: &str| match cols.ts.conv {
-        Conv::Timestamptz => format!("{p}"),
+        Conv::Timestamptz => p.to_string(),
         Conv::Timestamp => format!("pg_catalog.timezone('UTC', {p})"),
         _ => format!("pg_catalog.timezone('UTC', {p})::pg_catalog.date"),
     };

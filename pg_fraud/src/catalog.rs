@@ -2,7 +2,7 @@
 //! compiled rules. Built on first use and rebuilt after an invalidation.
 //!
 //! Invalidation rides on Postgres' relcache: a change to `fraud.watches`, `fraud.rules` or
-//! `fraud.models` calls `CacheInvalidateRelcacheByRelid(fraud.watches)` from a statement
+//! `fraud.models` (a deploy) calls `CacheInvalidateRelcacheByRelid(fraud.watches)` from a statement
 //! trigger, which Postgres broadcasts to every backend *at commit*; our relcache callback
 //! bumps a generation counter and the next row rebuilds. An `ALTER TABLE` on a watched table
 //! invalidates it the same way. No shared memory, no polling, and a rolled-back change
@@ -365,6 +365,8 @@ pub struct Config {
     pub rules: Vec<Rule>,
     /// The rules that apply to each watched table, ready to evaluate.
     pub rules_by_relid: HashMap<Oid, Rc<Vec<RuleSpec>>>,
+    /// Active models by the table they score, in name order.
+    pub models_by_relid: HashMap<Oid, Rc<Vec<crate::models::ActiveModel>>>,
     /// Owner of the extension (internal writes run as this role).
     pub owner: Oid,
 }
@@ -518,6 +520,25 @@ fn load_tables(cfg: &mut Config, relids: &mut Vec<Oid>) -> Result<()> {
                 Err(e) => pgrx::warning!("pg_fraud: rule \"{name}\" is skipped: {e}"),
             }
         }
+        let rows = client.select(
+            "SELECT name, version, kind, source_table::pg_catalog.oid, weight, signal_from, signal_to \
+               FROM fraud.models WHERE active ORDER BY name",
+            None,
+            &[],
+        )?;
+        let mut models: HashMap<Oid, Vec<crate::models::ActiveModel>> = HashMap::new();
+        for row in rows {
+            let relid: Oid = row.get(4)?.unwrap_or(pg_sys::InvalidOid);
+            models.entry(relid).or_default().push(crate::models::ActiveModel::new(
+                row.get(1)?.unwrap_or_default(),
+                row.get(2)?.unwrap_or_default(),
+                row.get(3)?.unwrap_or_default(),
+                row.get(5)?.unwrap_or(0.0),
+                row.get(6)?.unwrap_or(0.0),
+                row.get(7)?.unwrap_or(1.0),
+            ));
+        }
+        cfg.models_by_relid = models.into_iter().map(|(k, v)| (k, Rc::new(v))).collect();
         Ok(())
     })
 }

@@ -46,6 +46,8 @@ pub static ZSCORE_CLIP: GucSetting<f64> = GucSetting::<f64>::new(10.0);
 pub static MAX_FUTURE_SKEW: GucSetting<i32> = GucSetting::<i32>::new(300);
 /// Profile rows per key: each backend writes its own so concurrent inserts never wait.
 pub static WRITE_SHARDS: GucSetting<i32> = GucSetting::<i32>::new(8);
+/// Whether each scored insert is logged to `fraud.scores` (the quality views read it).
+pub static LOG_SCORES: GucSetting<bool> = GucSetting::<bool>::new(true);
 
 thread_local! {
     /// Parsed `pg_fraud.block_threshold`; `None` = off.
@@ -220,6 +222,14 @@ pub fn init() {
         &WRITE_SHARDS,
         1,
         64,
+        GucContext::Suset,
+        none,
+    );
+    GucRegistry::define_bool_guc(
+        c"pg_fraud.log_scores",
+        c"Log every scored insert to fraud.scores (score, level, rules fired, model outputs).",
+        c"The rule and model quality views read the log; fraud.maintenance() trims it.",
+        &LOG_SCORES,
         GucContext::Suset,
         none,
     );

@@ -1,9 +1,12 @@
 //! pg_fraud: fraud scoring inside PostgreSQL.
 //!
 //! Layers: [`api`] and [`admin`] are the SQL surface; [`trigger`], [`scoring`], [`store`],
-//! [`alerts`], [`catalog`], [`rowread`] and [`xact`] are the backend glue; the scoring math,
+//! [`alerts`], [`catalog`], [`models`], [`rowread`] and [`xact`] are the backend glue; the scoring math,
 //! rule language and models live in the pure `fraud_core` / `fraud_models` crates.
 #![deny(unsafe_op_in_unsafe_fn)]
+// pgrx's `ErrorReport` is the error type of every `#[pg_extern]` that returns `Result`, and
+// the wrappers the macro generates return it by value; boxing is not ours to choose.
+#![allow(clippy::result_large_err)]
 
 use pgrx::prelude::*;
 
@@ -15,8 +18,11 @@ mod api;
 mod catalog;
 mod error;
 mod gucs;
+mod maintenance;
+mod models;
 mod regclass;
 mod rowread;
+mod scorelog;
 mod scoring;
 mod store;
 mod trigger;
@@ -25,6 +31,7 @@ mod xact;
 extension_sql_file!("sql/bootstrap.sql", bootstrap);
 extension_sql_file!("sql/outbox.sql", name = "outbox", requires = ["bootstrap"]);
 extension_sql_file!("sql/catalog.sql", name = "catalog", requires = ["outbox"]);
+extension_sql_file!("sql/models.sql", name = "models", requires = ["catalog"]);
 extension_sql_file!("sql/finalize.sql", finalize);
 
 /// Called when the library is loaded into a backend.

@@ -234,7 +234,7 @@ fn scoring_writes_risk_columns_and_explains_itself() {
     assert_eq!(ex["features"]["country"], "BR");
     assert!(ex["features"]["km_from_home"].as_f64().unwrap() > 9000.0);
     assert!(ex["rules_evaluated"].as_i64().unwrap() >= 15);
-    assert!(ex["model"].is_null());
+    assert_eq!(ex["models"], serde_json::json!([]));
     let s = one::<f64>("SELECT fraud_score(p) FROM payments p WHERE device_fp = 'dev_evil'").unwrap();
     assert!((s - ex["score"].as_f64().unwrap()).abs() < 1e-5);
     // bulk scoring of history works and stays in [0, 1]
@@ -585,4 +585,346 @@ fn per_row_exception_blocks_keep_every_committed_row() {
     assert_eq!(one::<i64>("SELECT count(*) FROM payments WHERE card_ref = 'sx'"), Some(19));
     assert_eq!(one::<i64>("SELECT velocity('sx', '1 hour')"), Some(19));
     assert_eq!(one::<f64>("SELECT velocity_amount('sx', '1 hour')"), Some((1..=20).sum::<i32>() as f64 - 7.0));
+}
+
+// ---------------------------------------------------------------------------------------
+// Models
+
+/// 3,000 ordinary payments of 40 cards over the last 30 days.
+fn population() {
+    watch_payments();
+    Spi::run(
+        "INSERT INTO payments (card_ref, amount_eur, created, shop, device_fp, client_ip, country_code, lat, lng, channel)
+         SELECT 'card' || (g % 40), 10 + (g % 40) + (g % 7), now() - interval '30 days' + make_interval(mins => g * 14),
+                'shop_' || (g % 9), 'dev_' || (g % 40), ('10.0.' || (g % 40) || '.1')::inet, 'FR', 48.85 + (g % 40) * 0.01, 2.35, 'pos'
+           FROM generate_series(1, 3000) g",
+    )
+    .unwrap();
+}
+
+fn json(sql: &str) -> serde_json::Value {
+    one::<pgrx::JsonB>(sql).unwrap().0
+}
+
+const SMALL_FOREST: &str = "n_trees => 25, sample_size => 128";
+
+#[pg_test]
+fn an_isolation_forest_is_trained_versioned_deployed_and_scores_rows() {
+    population();
+    let r = json(&format!("SELECT fraud.train_isolation_forest('anomaly', {SMALL_FOREST})"));
+    assert_eq!((r["version"].as_i64(), r["deployed"].as_bool()), (Some(1), Some(true)), "{r}");
+    assert_eq!(r["kind"], "isolation_forest");
+    assert_eq!(r["training_rows"], 3000);
+    assert_eq!(one::<i64>("SELECT count(*) FROM fraud.models WHERE name = 'anomaly' AND active"), Some(1));
+    assert_eq!(one::<String>("SELECT action FROM fraud.model_deployments WHERE name = 'anomaly'"), Some("deploy".into()));
+    // Not mapped in this table's rows: no finite value, so the model leaves it out.
+    assert!(r["metrics"]["dropped_features"].as_array().unwrap().iter().any(|f| f == "km_between_locations"), "{r}");
+
+    Spi::run("INSERT INTO payments (card_ref, amount_eur, shop, device_fp, client_ip, country_code, lat, lng, channel)
+              VALUES ('card7', 15, 'shop_3', 'dev_7', '10.0.7.1', 'FR', 48.92, 2.35, 'pos'),
+                     ('card8', 9500, 'shop_new', 'dev_stolen', '203.0.113.9', 'AU', -33.86, 151.2, 'web')").unwrap();
+    // Out of the training range, the odd row isolates as fast as the most extreme history
+    // rows, well above a typical one, and the model flags it.
+    let typical = one::<f64>(
+        "SELECT avg((fraud_explain(t)->'models'->0->>'output')::float8) FROM payments t WHERE payment_id % 100 = 0 AND payment_id <= 3000",
+    )
+    .unwrap();
+    let odd = json("SELECT fraud_explain(t) FROM payments t WHERE card_ref = 'card8' ORDER BY payment_id DESC LIMIT 1");
+    let output = odd["models"][0]["output"].as_f64().unwrap();
+    assert_eq!(odd["models"][0]["name"], "anomaly");
+    assert_eq!(odd["models"][0]["version"], 1);
+    assert!(output > typical + 0.08, "odd {output} typical {typical}");
+    assert!(odd["models"][0]["signal"].as_f64().unwrap() > 0.0, "{odd}");
+    assert!(odd["contributions"].as_array().unwrap().iter().any(|c| c["name"] == "model:anomaly"), "{odd}");
+    assert!(!odd["models"][0]["top_features"].as_array().unwrap().is_empty());
+    // the contributions still add up to the score
+    let total: f64 = odd["contributions"].as_array().unwrap().iter().map(|c| c["contribution"].as_f64().unwrap()).sum();
+    assert!((total - odd["score"].as_f64().unwrap()).abs() < 1e-5, "{odd}");
+}
+
+#[pg_test]
+fn training_features_are_point_in_time() {
+    population();
+    let before = one::<pgrx::JsonB>(
+        "SELECT jsonb_agg(jsonb_build_array(row_key, features) ORDER BY ts, row_key) FROM fraud.feature_matrix('payments')",
+    )
+    .unwrap()
+    .0;
+    // Later rows and a later label must not change what earlier rows looked like.
+    history("card3", 5);
+    Spi::run("INSERT INTO payments (card_ref, amount_eur, created, shop) VALUES ('card3', 4000, now() + interval '1 minute', 'shop_1')").unwrap();
+    let late = one::<i64>("SELECT max(payment_id) FROM payments").unwrap();
+    Spi::run(&format!("SELECT fraud.label('payments', '{late}', true, at => now() + interval '2 minutes')")).unwrap();
+    let after = one::<pgrx::JsonB>(&format!(
+        "SELECT jsonb_agg(jsonb_build_array(row_key, features) ORDER BY ts, row_key) FROM fraud.feature_matrix('payments')
+          WHERE row_key::bigint <= {}",
+        3000
+    ))
+    .unwrap()
+    .0;
+    // history("card3", 5) inserted rows dated inside the window: rows after them change,
+    // rows before them must not.
+    let first_new = one::<String>(
+        "SELECT to_char(min(created), 'YYYY-MM-DD HH24:MI:SS.US') FROM payments WHERE payment_id > 3000",
+    )
+    .unwrap();
+    let cutoff_rows = one::<i64>(&format!("SELECT count(*) FROM payments WHERE payment_id <= 3000 AND created < '{first_new}'")).unwrap() as usize;
+    assert!(cutoff_rows > 1000, "{cutoff_rows}");
+    let (b, a) = (before.as_array().unwrap(), after.as_array().unwrap());
+    assert_eq!(&b[..cutoff_rows], &a[..cutoff_rows]);
+    let names = one::<Vec<String>>("SELECT fraud.model_features()").unwrap();
+    assert_eq!(names.len(), b[0][1].as_array().unwrap().len());
+}
+
+#[pg_test]
+fn a_classifier_learns_from_labels_and_reports_validation_metrics() {
+    population();
+    // Fraud: big amounts at one shop, labelled as chargebacks two days later.
+    Spi::run(
+        "INSERT INTO payments (card_ref, amount_eur, created, shop, device_fp, client_ip, country_code, lat, lng, channel)
+         SELECT 'card' || (g % 40), 900 + g, now() - interval '29 days' + make_interval(hours => g * 4),
+                'shop_bad', 'dev_x' || g, ('198.51.100.' || g)::inet, 'NG', 6.5, 3.4, 'web'
+           FROM generate_series(1, 150) g",
+    )
+    .unwrap();
+    Spi::run("SELECT fraud.label('payments', payment_id::text, true, at => created + interval '2 days') FROM payments WHERE shop = 'shop_bad'").unwrap();
+    let r = json("SELECT fraud.train_classifier('fraud_rf', n_trees => 30)");
+    assert_eq!(r["version"], 1, "{r}");
+    assert_eq!(r["deployed"], true);
+    let m = &r["metrics"];
+    assert!(m["auc"].as_f64().unwrap() > 0.9, "{m}");
+    assert!(m["average_precision"].as_f64().is_some(), "{m}");
+    assert!(m["validation_positives"].as_i64().unwrap() > 0, "{m}");
+    assert!(m["precision"].is_number() || m["precision"].is_null());
+    // A worse challenger (one weak feature) is stored but not deployed.
+    let worse = json("SELECT fraud.train_classifier('fraud_rf', n_trees => 5, features => ARRAY['hour_of_day'])");
+    assert_eq!((worse["version"].as_i64(), worse["deployed"].as_bool()), (Some(2), Some(false)), "{worse}");
+    assert_eq!(one::<i32>("SELECT version FROM fraud.models WHERE name = 'fraud_rf' AND active"), Some(1));
+    // The deployed classifier scores new rows like the fraud it learnt.
+    // Calibrated to the 150 / 3,150 fraud rate of the labels: a row like the fraud scores far
+    // above it, an ordinary one far below.
+    Spi::run("INSERT INTO payments (card_ref, amount_eur, shop, device_fp, client_ip, country_code, lat, lng, channel)
+              VALUES ('card5', 1200, 'shop_bad', 'dev_new', '198.51.100.7', 'NG', 6.5, 3.4, 'web'),
+                     ('card6', 20, 'shop_2', 'dev_6', '10.0.6.1', 'FR', 48.91, 2.35, 'pos')").unwrap();
+    let bad = json("SELECT fraud_explain(t) FROM payments t WHERE card_ref = 'card5' ORDER BY payment_id DESC LIMIT 1");
+    let good = json("SELECT fraud_explain(t) FROM payments t WHERE card_ref = 'card6' ORDER BY payment_id DESC LIMIT 1");
+    assert_eq!(bad["models"][0]["kind"], "classifier");
+    let (b, g) = (bad["models"][0]["output"].as_f64().unwrap(), good["models"][0]["output"].as_f64().unwrap());
+    assert!(b > 0.2 && g < 0.05, "fraud-like {b}, ordinary {g}");
+}
+
+#[pg_test]
+fn deploy_rollback_and_undeploy_walk_the_history() {
+    population();
+    for _ in 0..3 {
+        Spi::run(&format!("SELECT fraud.train_isolation_forest('anomaly', {SMALL_FOREST}, deploy => 'always')")).unwrap();
+    }
+    let active = || one::<i32>("SELECT max(version) FROM fraud.models WHERE name = 'anomaly' AND active");
+    assert_eq!(active(), Some(3));
+    assert_eq!(one::<i32>("SELECT fraud.rollback('anomaly')"), Some(2));
+    assert_eq!(active(), Some(2));
+    assert_eq!(one::<i32>("SELECT fraud.rollback('anomaly')"), Some(1));
+    assert_eq!(one::<bool>("SELECT fraud.deploy('anomaly', 3)"), Some(true));
+    assert_eq!(active(), Some(3));
+    assert_eq!(one::<bool>("SELECT fraud.undeploy('anomaly')"), Some(true));
+    assert_eq!(active(), None);
+    assert_eq!(one::<bool>("SELECT fraud.undeploy('anomaly')"), Some(false));
+    // the model no longer scores
+    let j = json("SELECT fraud_explain(t) FROM payments t LIMIT 1");
+    assert_eq!(j["models"], serde_json::json!([]));
+    // retrain() only retrains deployed models
+    Spi::run("SELECT fraud.deploy('anomaly', 1)").unwrap();
+    let n = one::<i64>("SELECT count(*) FROM fraud.retrain(training_window => '60 days') WHERE name = 'anomaly' AND version = 4").unwrap();
+    assert_eq!(n, 1);
+}
+
+#[pg_test(error = "pg_fraud: model \"anomaly\" has no version 7 (versions: 1)")]
+fn deploying_a_missing_version_is_an_error() {
+    population();
+    Spi::run(&format!("SELECT fraud.train_isolation_forest('anomaly', {SMALL_FOREST})")).unwrap();
+    Spi::run("SELECT fraud.deploy('anomaly', 7)").unwrap();
+}
+
+#[pg_test(error = "pg_fraud: there is no model named \"nope\"")]
+fn deploying_an_unknown_model_is_an_error() {
+    Spi::run("SELECT fraud.deploy('nope', 1)").unwrap();
+}
+
+#[pg_test(error = "pg_fraud: model \"anomaly\" has no earlier deployment to roll back to (use fraud.undeploy to switch it off)")]
+fn rolling_back_the_first_version_is_an_error() {
+    population();
+    Spi::run(&format!("SELECT fraud.train_isolation_forest('anomaly', {SMALL_FOREST})")).unwrap();
+    Spi::run("SELECT fraud.rollback('anomaly')").unwrap();
+}
+
+#[pg_test(error = "pg_fraud: training model \"anomaly\": public.payments has 0 rows in the training window; at least 2 are needed")]
+fn training_on_an_empty_table_is_an_error() {
+    watch_payments();
+    Spi::run("SELECT fraud.train_isolation_forest('anomaly')").unwrap();
+}
+
+#[pg_test(error = "pg_fraud: training model \"anomaly\": public.payments has 1 rows in the training window; at least 2 are needed")]
+fn training_on_one_row_is_an_error() {
+    watch_payments();
+    history("solo", 1);
+    Spi::run("SELECT fraud.train_isolation_forest('anomaly')").unwrap();
+}
+
+#[pg_test(error = "pg_fraud: training model \"anomaly\": all 30 training rows are identical (after imputing missing values): there is nothing to learn")]
+fn training_on_identical_rows_is_an_error() {
+    watch_payments();
+    Spi::run("INSERT INTO payments (card_ref, amount_eur) SELECT 'same', 10 FROM generate_series(1, 30)").unwrap();
+    Spi::run("SELECT fraud.train_isolation_forest('anomaly', features => ARRAY['amount', 'card_present'])").unwrap();
+}
+
+#[pg_test(error = "pg_fraud: training model \"fraud_rf\": no row of public.payments in the training window is labelled fraud (fraud.label(...))")]
+fn a_classifier_without_fraud_labels_is_an_error() {
+    population();
+    Spi::run("SELECT fraud.train_classifier('fraud_rf')").unwrap();
+}
+
+#[pg_test(error = "pg_fraud: training model \"fraud_rf\": every training row is labelled fraud; genuine rows are needed too")]
+fn a_classifier_with_only_fraud_is_an_error() {
+    watch_payments();
+    history("f", 10);
+    Spi::run("SELECT fraud.label('payments', payment_id::text, true) FROM payments").unwrap();
+    Spi::run("SELECT fraud.train_classifier('fraud_rf', unlabelled_as_genuine => false)").unwrap();
+}
+
+#[pg_test(error = "pg_fraud: unknown feature \"amout\" in features (SELECT name FROM fraud.features lists them)")]
+fn training_names_an_unknown_feature() {
+    population();
+    Spi::run("SELECT fraud.train_isolation_forest('anomaly', features => ARRAY['amout'])").unwrap();
+}
+
+#[pg_test(error = "pg_fraud: contamination must be in (0, 0.5), got NaN")]
+fn training_rejects_nan_parameters() {
+    population();
+    Spi::run("SELECT fraud.train_isolation_forest('anomaly', contamination => 'NaN')").unwrap();
+}
+
+#[pg_test]
+fn a_corrupt_model_is_refused_and_never_breaks_inserts() {
+    population();
+    Spi::run(&format!("SELECT fraud.train_isolation_forest('anomaly', {SMALL_FOREST}, deploy => 'never')")).unwrap();
+    // Flip one byte in the middle of the blob.
+    Spi::run("UPDATE fraud.models SET model = overlay(model placing '\\xff'::bytea from length(model) / 2 for 1) WHERE name = 'anomaly'").unwrap();
+    // An ERROR would end the test: catch the refusal in a subtransaction.
+    Spi::run(
+        "DO $$ BEGIN PERFORM fraud.deploy('anomaly', 1); RAISE EXCEPTION 'deployed'; EXCEPTION WHEN OTHERS THEN
+             PERFORM set_config('test.err', SQLERRM, true); END $$",
+    )
+    .unwrap();
+    let refused = one::<String>("SELECT current_setting('test.err')");
+    assert!(refused.as_deref().is_some_and(|e| e.contains("checksum") || e.contains("corrupt")), "{refused:?}");
+    // Forced active anyway: inserts still succeed, scored by rules, and the error is counted.
+    Spi::run("UPDATE fraud.models SET active = true WHERE name = 'anomaly'").unwrap();
+    Spi::run("INSERT INTO payments (card_ref, amount_eur, shop) VALUES ('card1', 25, 'shop_1'), ('card2', 30, 'shop_2')").unwrap();
+    assert_eq!(one::<i64>("SELECT count(*) FROM payments WHERE risk_level IS DISTINCT FROM 'unscored' AND risk_score IS NOT NULL AND payment_id > 3000"), Some(2));
+    let errors = one::<i64>("SELECT sum(rows)::bigint FROM fraud.scoring_errors WHERE message LIKE 'model \"anomaly\" version 1:%'");
+    assert_eq!(errors, Some(2));
+}
+
+// ---------------------------------------------------------------------------------------
+// Decision log, quality views, metrics, maintenance
+
+#[pg_test]
+fn every_scored_insert_is_logged_once() {
+    watch_payments();
+    history("d1", 30);
+    Spi::run("INSERT INTO payments (card_ref, amount_eur, shop, device_fp, country_code, lat, lng) VALUES ('d1', 900, 'shop_z', 'dev_x', 'US', 40.7, -74.0)").unwrap();
+    Spi::run(
+        "DO $$ BEGIN
+            BEGIN
+                INSERT INTO payments (card_ref, amount_eur) SELECT 'd1', 1 FROM generate_series(1, 5);
+                RAISE EXCEPTION 'undo';
+            EXCEPTION WHEN raise_exception THEN NULL;
+            END;
+         END $$",
+    )
+    .unwrap();
+    assert_eq!(one::<i64>("SELECT count(*) FROM fraud.scores"), Some(31));
+    let (level, rules) = Spi::get_two::<String, Vec<String>>(
+        "SELECT s.level::text, s.rules FROM fraud.scores s JOIN payments p ON s.row_key = p.payment_id::text WHERE p.amount_eur = 900",
+    )
+    .unwrap();
+    assert_eq!(level.as_deref(), Some(one::<String>("SELECT risk_level FROM payments WHERE amount_eur = 900").unwrap().as_str()));
+    let rules = rules.unwrap();
+    assert!(rules.iter().any(|r| r == "far_from_home"), "{rules:?}");
+    assert_eq!(one::<i64>("SELECT count(*) FROM fraud.scores WHERE rules IS NULL"), Some(30));
+    Spi::run("SET pg_fraud.log_scores = off").unwrap();
+    history("d2", 3);
+    assert_eq!(one::<i64>("SELECT count(*) FROM fraud.scores"), Some(31));
+}
+
+#[pg_test]
+fn the_dashboard_views_answer() {
+    population();
+    Spi::run("INSERT INTO fraud.channels (name, min_level) VALUES ('slack', 'medium')").unwrap();
+    Spi::run("INSERT INTO payments (card_ref, amount_eur, shop, device_fp, country_code, lat, lng) VALUES ('card1', 9000, 'shop_z', 'dev_x', 'US', 40.7, -74.0)").unwrap();
+    let alert = one::<i64>("SELECT max(id) FROM fraud.alerts").unwrap();
+    Spi::run(&format!("SELECT fraud.label('payments', row_key, true) FROM fraud.alerts WHERE id = {alert}")).unwrap();
+    Spi::run(&format!("SELECT fraud.train_isolation_forest('anomaly', {SMALL_FOREST})")).unwrap();
+    history("card2", 2);
+
+    assert!(one::<i64>("SELECT sum(alerts)::bigint FROM fraud.alerts_hourly WHERE level >= 'high'").unwrap() >= 1);
+    assert_eq!(one::<i64>("SELECT sum(rows)::bigint FROM fraud.score_distribution"), Some(3003));
+    assert!((one::<f64>("SELECT sum(share) FROM fraud.score_distribution").unwrap() - 1.0).abs() < 1e-9);
+    assert_eq!(one::<String>("SELECT entity FROM fraud.top_risky_entities ORDER BY alerts DESC, max_score DESC LIMIT 1"), Some("card1".into()));
+    // far_from_home fired on the labelled row only: precision 1, recall 1
+    let (hits, precision) = Spi::get_two::<i64, f64>("SELECT hits, precision FROM fraud.rule_performance WHERE rule = 'far_from_home'").unwrap();
+    assert_eq!((hits, precision), (Some(1), Some(1.0)));
+    assert_eq!(one::<i64>("SELECT rows_scored FROM fraud.rule_performance LIMIT 1"), Some(3003));
+    let (live_rows, active) = Spi::get_two::<i64, bool>("SELECT live_rows, active FROM fraud.model_performance WHERE name = 'anomaly' AND version = 1").unwrap();
+    assert_eq!((live_rows, active), (Some(2), Some(true)));
+    let (pending, channel) = Spi::get_two::<i64, String>("SELECT pending, channel FROM fraud.delivery_health").unwrap();
+    assert_eq!((pending, channel.as_deref()), (Some(1), Some("slack")));
+}
+
+#[pg_test]
+fn classification_metrics_on_good_and_bad_input() {
+    let j = json("SELECT fraud.classification_metrics(ARRAY[0.9, 0.8, 0.2, 0.1, NULL, 'NaN'], ARRAY[true, true, false, false, true, false])");
+    assert_eq!((j["rows"].as_i64(), j["positives"].as_i64()), (Some(4), Some(2)), "{j}");
+    assert_eq!((j["auc"].as_f64(), j["average_precision"].as_f64()), (Some(1.0), Some(1.0)));
+    assert_eq!((j["precision"].as_f64(), j["recall"].as_f64()), (Some(1.0), Some(1.0)));
+    let one_class = json("SELECT fraud.classification_metrics(ARRAY[0.9, 0.1], ARRAY[false, false])");
+    assert!(one_class["auc"].is_null() && one_class["average_precision"].is_null(), "{one_class}");
+    let empty = json("SELECT fraud.classification_metrics('{}'::float8[], '{}'::bool[])");
+    assert_eq!(empty["rows"], 0);
+    assert_eq!(one::<pgrx::JsonB>("SELECT fraud.classification_metrics(NULL, ARRAY[true])").map(|j| j.0), None);
+}
+
+#[pg_test(error = "pg_fraud: scores has 2 elements but labels has 1")]
+fn classification_metrics_rejects_mismatched_arrays() {
+    Spi::run("SELECT fraud.classification_metrics(ARRAY[0.1, 0.2], ARRAY[true])").unwrap();
+}
+
+#[pg_test]
+fn maintenance_compacts_expires_and_trims() {
+    watch_payments();
+    history("m1", 5);
+    Spi::run("INSERT INTO payments (card_ref, amount_eur, created) SELECT 'gone', 5, now() - interval '400 days' FROM generate_series(1, 3)").unwrap();
+    // A second writer's shard for m1 (as if another backend had inserted 5 rows).
+    Spi::run("INSERT INTO fraud.profile_shards SELECT watch_id, kind, key, shard + 1, state FROM fraud.profile_shards WHERE key = 'm1'").unwrap();
+    assert_eq!(one::<i64>("SELECT shards FROM fraud.profiles WHERE key = 'm1'"), Some(2));
+    // An old alert fully delivered goes; an old alert still pending stays.
+    Spi::run("INSERT INTO fraud.channels (name) VALUES ('hook')").unwrap();
+    Spi::run("SELECT fraud.enqueue_alert('payments', 'a', 0.9, 'high'), fraud.enqueue_alert('payments', 'b', 0.9, 'high')").unwrap();
+    Spi::run("UPDATE fraud.alerts SET created_at = now() - interval '100 days'").unwrap();
+    Spi::run("UPDATE fraud.alert_deliveries d SET status = 'delivered' FROM fraud.alerts a WHERE a.id = d.alert_id AND a.entity = 'a'").unwrap();
+    Spi::run("UPDATE fraud.scores SET scored_at = now() - interval '40 days' WHERE entity = 'gone'").unwrap();
+
+    let r = json("SELECT fraud.maintenance()");
+    assert_eq!(r["profiles_expired"], 1, "{r}");
+    assert!(r["profiles_compacted"].as_i64().unwrap() >= 1, "{r}");
+    assert_eq!((r["alerts_deleted"].as_i64(), r["scores_deleted"].as_i64()), (Some(1), Some(3)), "{r}");
+    assert_eq!(one::<i64>("SELECT shards FROM fraud.profiles WHERE key = 'm1'"), Some(1));
+    assert_eq!(one::<i64>("SELECT tx_count FROM fraud.profiles WHERE key = 'm1'"), Some(10));
+    assert_eq!(one::<i64>("SELECT count(*) FROM fraud.profiles WHERE key = 'gone'"), Some(0));
+    assert_eq!(one::<String>("SELECT entity FROM fraud.alerts"), Some("b".into()));
+}
+
+#[pg_test(error = "pg_fraud: profile_ttl must be a positive, finite interval")]
+fn maintenance_rejects_a_negative_ttl() {
+    Spi::run("SELECT fraud.maintenance(profile_ttl => '-1 day')").unwrap();
 }

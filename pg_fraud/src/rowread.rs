@@ -193,7 +193,6 @@ pub fn datum_to_unix_us(d: Datum, conv: Conv) -> Option<i64> {
 }
 
 /// µs since the Unix epoch → Postgres `timestamptz` datum value.
-#[cfg(test)]
 pub fn unix_us_to_timestamptz(t_us: i64) -> i64 {
     t_us.saturating_sub(PG_EPOCH_OFFSET_US)
 }

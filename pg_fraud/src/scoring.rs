@@ -1,4 +1,4 @@
-//! One row, end to end: mapped values → key states → features → rules (+ model) → outcome,
+//! One row, end to end: mapped values → key states → features → rules + models → outcome,
 //! and, when inserting, the state updates and the alert.
 
 use pgrx::pg_sys;
@@ -33,8 +33,8 @@ pub struct Scored {
     pub features: FeatureVector,
     /// The decision.
     pub outcome: Outcome,
-    /// The model's signal, if a model is active.
-    pub model: Option<ModelSignal>,
+    /// The signal of each active model of the table.
+    pub models: Vec<ModelSignal>,
     /// Rules evaluated.
     pub rules_evaluated: usize,
 }
@@ -66,7 +66,8 @@ pub fn now_us() -> i64 {
     crate::rowread::timestamptz_to_unix_us(unsafe { pg_sys::GetCurrentStatementStartTimestamp() })
 }
 
-fn feature_config() -> FeatureConfig {
+/// Feature tunables from the GUCs.
+pub fn feature_config() -> FeatureConfig {
     FeatureConfig { zscore_clip: gucs::ZSCORE_CLIP.get(), ..FeatureConfig::default() }
 }
 
@@ -82,7 +83,7 @@ pub fn score(cfg: &Config, watch: &Watch, row: RowValues, mode: Mode) -> Result<
         match mode {
             Mode::Insert => {
                 if store::needs_load(&ids) {
-                    Spi::connect(|client| store::load(&client, &ids))?;
+                    Spi::connect(|client| store::load(client, &ids))?;
                 }
                 store::with_states(&ids, |[entity, merchant, device, ip]| {
                     features::compute(&txn, &KeyStates { entity, merchant, device, ip }, &fcfg)
@@ -104,9 +105,9 @@ pub fn score(cfg: &Config, watch: &Watch, row: RowValues, mode: Mode) -> Result<
         }
     };
     let rules = cfg.rules_for(watch.relid);
-    let model = None;
-    let outcome = score::decide(&rules, &fv, model.as_ref(), &gucs::thresholds());
-    Ok(Scored { row, t_us, features: fv, outcome, model, rules_evaluated: rules.len() })
+    let models = crate::models::signals(cfg, watch, &fv, mode == Mode::Query)?;
+    let outcome = score::decide(&rules, &fv, &models, &gucs::thresholds());
+    Ok(Scored { row, t_us, features: fv, outcome, models, rules_evaluated: rules.len() })
 }
 
 /// Records a scored row's event in its keys' pending states (insert mode).

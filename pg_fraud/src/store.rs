@@ -327,8 +327,7 @@ pub fn clear() {
 /// events.
 pub fn read_for_query(id: &KeyId) -> Result<State> {
     let cfg = crate::catalog::config()?;
-    let mut state =
-        crate::catalog::as_owner(cfg.owner, || Spi::connect(|client| read_committed(&client, id.as_ref())))?;
+    let mut state = crate::catalog::as_owner(cfg.owner, || Spi::connect(|client| read_committed(client, id.as_ref())))?;
     PENDING.with(|p| {
         if let Some(e) = p.borrow().entries.get(id) {
             for (_, d) in &e.deltas {
@@ -339,9 +338,12 @@ pub fn read_for_query(id: &KeyId) -> Result<State> {
     Ok(state)
 }
 
+/// The statement a query cache belongs to: (transaction start, statement start, command id).
+type StatementId = (i64, i64, u32);
+
 thread_local! {
     /// States read by SQL functions, valid for one statement (one snapshot).
-    static QUERY_CACHE: RefCell<(Option<(i64, i64, u32)>, HashMap<KeyId, State>)> = RefCell::new((None, HashMap::new()));
+    static QUERY_CACHE: RefCell<(Option<StatementId>, HashMap<KeyId, State>)> = RefCell::new((None, HashMap::new()));
 }
 
 /// Upper bound on keys cached for one query statement, so a huge `SELECT fraud_score(t)`

@@ -15,7 +15,7 @@ use crate::error::{raise, FraudError, Result};
 use crate::gucs::{self, OnError};
 use crate::rowread::{read_row, with_datums};
 use crate::scoring::{self, Mode, Scored};
-use crate::{alerts, store};
+use crate::{alerts, scorelog, store};
 
 /// Rejects the insert with SQLSTATE 09000 and the reasons.
 fn block(watch: &Watch, scored: &Scored) -> ! {
@@ -131,6 +131,13 @@ unsafe fn with_outputs<'a>(
     }
 }
 
+/// Writes what a statement left in memory: profile deltas, scoring errors, the score log.
+pub fn flush_statement(client: &pgrx::spi::SpiClient<'_>, owner: pg_sys::Oid) -> Result<()> {
+    store::flush(client, owner)?;
+    alerts::flush_errors(client)?;
+    scorelog::flush(client)
+}
+
 #[pg_schema]
 mod fraud {
     use super::*;
@@ -193,8 +200,9 @@ mod fraud {
                 return Ok(scored);
             }
             scoring::record(&watch, &scored);
+            crate::scorelog::record(watch.relid, &scored);
             if scored.outcome.alert
-                && Spi::connect(|client| alerts::raise(&client, &watch, &scored.row, scored.t_us, &scored.outcome))?
+                && Spi::connect(|client| alerts::raise(client, &watch, &scored.row, scored.t_us, &scored.outcome))?
                     .is_some()
             {
                 scoring::record_alert(&watch, &scored);
@@ -220,13 +228,11 @@ mod fraud {
     fn _flush<'a>(
         _trigger: &'a PgTrigger<'a>,
     ) -> std::result::Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, Infallible> {
-        if !store::has_pending() && !alerts::has_errors() {
+        if !store::has_pending() && !alerts::has_errors() && !scorelog::has_pending() {
             return Ok(None);
         }
         let owner = catalog::config().unwrap_or_else(|e| raise(e)).owner;
-        let res = catalog::as_owner(owner, || {
-            Spi::connect_mut(|client| store::flush(client, owner).and_then(|_| alerts::flush_errors(client)))
-        });
+        let res = catalog::as_owner(owner, || Spi::connect_mut(|client| flush_statement(client, owner)));
         if let Err(e) = res {
             raise(e);
         }

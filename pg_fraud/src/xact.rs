@@ -6,7 +6,7 @@ use pgrx::pg_sys::{self, SubTransactionId};
 use pgrx::spi::Spi;
 
 use crate::error::raise;
-use crate::{alerts, catalog, store};
+use crate::{alerts, catalog, scorelog, store, trigger};
 
 #[pg_guard]
 unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
@@ -16,11 +16,10 @@ unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: 
         // (logical replication apply) leave deltas for us. Errors here abort the commit,
         // which is what we want: a commit must never lose profile updates silently.
         XACT_EVENT_PRE_COMMIT | XACT_EVENT_PRE_PREPARE => {
-            if store::has_pending() {
+            if store::has_pending() || alerts::has_errors() || scorelog::has_pending() {
                 let owner = catalog::config().unwrap_or_else(|e| raise(e)).owner;
-                let res = catalog::as_owner(owner, || {
-                    Spi::connect_mut(|client| store::flush(client, owner).and_then(|_| alerts::flush_errors(client)))
-                });
+                let res =
+                    catalog::as_owner(owner, || Spi::connect_mut(|client| trigger::flush_statement(client, owner)));
                 if let Err(e) = res {
                     raise(e);
                 }
@@ -36,6 +35,7 @@ unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: 
         XACT_EVENT_COMMIT | XACT_EVENT_ABORT | XACT_EVENT_PREPARE => {
             store::clear();
             alerts::clear();
+            scorelog::clear();
         }
         _ => {}
     }
@@ -52,6 +52,7 @@ unsafe extern "C-unwind" fn subxact_callback(
         pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB => {
             store::on_subxact_abort(my_subid);
             alerts::on_subxact_abort(my_subid);
+            scorelog::on_subxact_abort(my_subid);
         }
         pg_sys::SubXactEvent::SUBXACT_EVENT_COMMIT_SUB => store::on_subxact_commit(my_subid, parent),
         _ => {}

@@ -59,7 +59,7 @@ fn main() {
             let states = KeyStates { entity: get(0), merchant: get(1), device: get(2), ip: get(3) };
             compute(&txn, &states, &cfg)
         };
-        let o = decide(&rules, &fv, None, &th);
+        let o = decide(&rules, &fv, &[], &th);
         alerts += o.alert as u32;
         let ev = txn.event(t_us);
         for (i, kind) in Kind::ALL.into_iter().enumerate() {

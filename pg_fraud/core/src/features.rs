@@ -164,6 +164,12 @@ features! {
     DEVICE = "device": Str, "The device id as text.";
 }
 
+/// The features a model uses unless told otherwise: every number and flag except the clock
+/// skew, which describes the writer's clock rather than the payment.
+pub fn default_model_features() -> Vec<&'static str> {
+    FEATURES.iter().filter(|d| d.ty != FType::Str && d.name != "ts_skew_seconds").map(|d| d.name).collect()
+}
+
 /// Looks a feature up by name.
 pub fn feature_index(name: &str) -> Option<usize> {
     FEATURES.iter().position(|d| d.name == name)

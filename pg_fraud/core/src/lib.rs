@@ -5,6 +5,7 @@ pub mod decay;
 pub mod defaults;
 pub mod features;
 pub mod geo;
+pub mod replay;
 pub mod rules;
 pub mod score;
 pub mod sketch;

@@ -105,7 +105,7 @@ pub struct RuleSpec {
     pub action: Action,
 }
 
-/// The active model's output for the row.
+/// An active model's output for the row.
 #[derive(Clone, Debug)]
 pub struct ModelSignal {
     /// Model name.
@@ -191,7 +191,7 @@ pub struct Outcome {
 const MAX_P: f64 = 1.0 - 1e-12;
 
 /// Scores one row.
-pub fn decide(rules: &[RuleSpec], fv: &FeatureVector, model: Option<&ModelSignal>, th: &Thresholds) -> Outcome {
+pub fn decide(rules: &[RuleSpec], fv: &FeatureVector, models: &[ModelSignal], th: &Thresholds) -> Outcome {
     let mut contributions = Vec::new();
     let mut forced_by = Vec::new();
     let mut block_rule = false;
@@ -234,7 +234,7 @@ pub fn decide(rules: &[RuleSpec], fv: &FeatureVector, model: Option<&ModelSignal
             });
         }
     }
-    if let Some(m) = model.filter(|m| m.p > 0.0 && m.p.is_finite()) {
+    for m in models.iter().filter(|m| m.p > 0.0 && m.p.is_finite()) {
         let top: Vec<String> = m.top_features.iter().take(3).map(|(n, s)| format!("{n} {:.0}%", s * 100.0)).collect();
         contributions.push(Contribution {
             name: format!("model:{}", m.name),
@@ -296,7 +296,7 @@ impl Outcome {
     }
 
     /// The full explanation returned by `fraud_explain`.
-    pub fn explain_json(&self, fv: &FeatureVector, model: Option<&ModelSignal>, rules_evaluated: usize) -> Json {
+    pub fn explain_json(&self, fv: &FeatureVector, models: &[ModelSignal], rules_evaluated: usize) -> Json {
         let mut out = Map::new();
         out.insert("score".into(), json!(round6(self.score)));
         out.insert("level".into(), json!(self.level.as_str()));
@@ -332,15 +332,17 @@ impl Outcome {
         out.insert("allowed_by".into(), json!(self.allowed_by));
         out.insert("forced_by".into(), json!(self.forced_by));
         out.insert(
-            "model".into(),
-            match model {
-                None => Json::Null,
-                Some(m) => json!({
-                    "name": m.name, "version": m.version, "kind": m.kind,
-                    "output": round6(m.raw), "signal": round6(m.p),
-                    "top_features": m.top_features.iter().map(|(n, s)| json!({"feature": n, "share": round6(*s)})).collect::<Vec<_>>(),
-                }),
-            },
+            "models".into(),
+            models
+                .iter()
+                .map(|m| {
+                    json!({
+                        "name": m.name, "version": m.version, "kind": m.kind,
+                        "output": round6(m.raw), "signal": round6(m.p),
+                        "top_features": m.top_features.iter().map(|(n, s)| json!({"feature": n, "share": round6(*s)})).collect::<Vec<_>>(),
+                    })
+                })
+                .collect(),
         );
         out.insert("features".into(), Json::Object(fv.to_json()));
         Json::Object(out)
@@ -380,14 +382,14 @@ mod tests {
             rule("far", "km_from_home > 500", 0.4, Action::Score),
             rule("never", "amount < 0", 0.9, Action::Score),
         ];
-        let o = decide(&rules, &fv(5000.0, 900.0), None, &Thresholds::default());
+        let o = decide(&rules, &fv(5000.0, 900.0), &[], &Thresholds::default());
         assert!((o.score - (1.0 - 0.5 * 0.6)).abs() < 1e-12);
         assert!((sum(&o) - o.score).abs() < 1e-12);
         assert_eq!(o.contributions[0].name, "big");
         assert_eq!(o.level, Level::High);
         assert_eq!(o.decision, Decision::Review);
         assert!(o.alert);
-        let o = decide(&rules, &fv(5.0, 0.0), None, &Thresholds::default());
+        let o = decide(&rules, &fv(5.0, 0.0), &[], &Thresholds::default());
         assert_eq!((o.score, o.level, o.decision, o.alert), (0.0, Level::Low, Decision::Allow, false));
         assert!(o.contributions.is_empty());
     }
@@ -403,7 +405,7 @@ mod tests {
             p: 0.3,
             top_features: vec![("amount".into(), 0.7)],
         };
-        let o = decide(&rules, &fv(150.0, 0.0), Some(&model), &Thresholds::default());
+        let o = decide(&rules, &fv(150.0, 0.0), std::slice::from_ref(&model), &Thresholds::default());
         let expected = 1.0 - (1.0 - 0.3) * (1.0 - 0.3);
         assert!((o.score - expected).abs() < 1e-12, "{}", o.score);
         assert!((sum(&o) - o.score).abs() < 1e-12);
@@ -418,7 +420,7 @@ mod tests {
             rule("b", "amount > 1", 1.0, Action::Score),
             rule("c", "amount > 1", 0.2, Action::Score),
         ];
-        let o = decide(&rules, &fv(5.0, 0.0), None, &Thresholds::default());
+        let o = decide(&rules, &fv(5.0, 0.0), &[], &Thresholds::default());
         assert!(o.score <= 1.0 && o.score > 0.999_999);
         assert!((sum(&o) - o.score).abs() < 1e-9);
         assert!(o.contributions.iter().all(|c| c.contribution.is_finite()));
@@ -429,7 +431,7 @@ mod tests {
     fn allow_wins_over_everything() {
         let rules =
             vec![rule("block_big", "amount > 1000", 1.0, Action::Block), rule("vip", "amount > 0", 1.0, Action::Allow)];
-        let o = decide(&rules, &fv(5000.0, 0.0), None, &Thresholds { block: Some(0.5), ..Default::default() });
+        let o = decide(&rules, &fv(5000.0, 0.0), &[], &Thresholds { block: Some(0.5), ..Default::default() });
         assert_eq!((o.score, o.decision, o.alert), (0.0, Decision::Allow, false));
         assert_eq!(o.allowed_by.as_deref(), Some("vip"));
     }
@@ -437,34 +439,34 @@ mod tests {
     #[test]
     fn review_block_and_shadow_mode() {
         let rules = vec![rule("check", "amount > 100", 0.1, Action::Review)];
-        let o = decide(&rules, &fv(500.0, 0.0), None, &Thresholds::default());
+        let o = decide(&rules, &fv(500.0, 0.0), &[], &Thresholds::default());
         assert_eq!((o.decision, o.alert, o.level), (Decision::Review, true, Level::Medium));
         assert_eq!(o.forced_by, vec!["check".to_string()]);
 
         let rules = vec![rule("stop", "amount > 100", 0.2, Action::Block)];
-        let o = decide(&rules, &fv(500.0, 0.0), None, &Thresholds::default());
+        let o = decide(&rules, &fv(500.0, 0.0), &[], &Thresholds::default());
         assert_eq!((o.decision, o.alert, o.level), (Decision::Block, false, Level::High));
         let shadow = Thresholds { enforce_blocks: false, ..Default::default() };
-        let o = decide(&rules, &fv(500.0, 0.0), None, &shadow);
+        let o = decide(&rules, &fv(500.0, 0.0), &[], &shadow);
         assert_eq!((o.decision, o.alert), (Decision::Review, true), "shadow mode alerts instead");
 
         let rules = vec![rule("big", "amount > 100", 0.95, Action::Score)];
         let th = Thresholds { block: Some(0.9), ..Default::default() };
-        assert_eq!(decide(&rules, &fv(500.0, 0.0), None, &th).decision, Decision::Block);
-        assert_eq!(decide(&rules, &fv(500.0, 0.0), None, &Thresholds::default()).decision, Decision::Review);
+        assert_eq!(decide(&rules, &fv(500.0, 0.0), &[], &th).decision, Decision::Block);
+        assert_eq!(decide(&rules, &fv(500.0, 0.0), &[], &Thresholds::default()).decision, Decision::Review);
     }
 
     #[test]
     fn explanation_shape() {
         let rules = vec![rule("big", "amount > 1000", 0.8, Action::Score)];
         let v = fv(5000.0, 1.0);
-        let o = decide(&rules, &v, None, &Thresholds::default());
-        let j = o.explain_json(&v, None, 1);
+        let o = decide(&rules, &v, &[], &Thresholds::default());
+        let j = o.explain_json(&v, &[], 1);
         assert_eq!(j["level"], "high");
         assert_eq!(j["rules_fired"][0], "big");
         assert_eq!(j["features"]["amount"], 5000.0);
         assert!(j["features"]["tx_count_1h"].is_null());
-        assert!(j["model"].is_null());
+        assert_eq!(j["models"], json!([]));
         let total: f64 =
             j["contributions"].as_array().unwrap().iter().map(|c| c["contribution"].as_f64().unwrap()).sum();
         assert!((total - j["score"].as_f64().unwrap()).abs() < 1e-5);

@@ -45,6 +45,7 @@ mod iforest;
 pub mod metrics;
 mod model;
 mod rng;
+mod sample;
 mod split;
 mod tree;
 
@@ -55,6 +56,7 @@ pub use classifier::{Classifier, ClassifierParams};
 pub use error::{ModelError, Result};
 pub use iforest::{average_path_length, IsolationForest, IsolationForestParams};
 pub use model::{Model, FORMAT_VERSION, MAGIC};
+pub use sample::Reservoir;
 pub use split::{time_split, train_classifier, TimeSplit, TrainConfig, ValidationReport};
 
 /// Why a row got its score.
