@@ -66,6 +66,21 @@ fn velocity_index(relid: Oid, entity_attnum: i16, ts_attnum: i16) -> Result<Opti
     )
 }
 
+/// Drops the triggers `watch()` creates, where present (no NOTICE for absent ones).
+fn drop_our_triggers(relid: Oid, name: &str) -> Result<()> {
+    for tg in ["zz_pg_fraud_score", "zz_pg_fraud_flush"] {
+        let present = first::<bool>(
+            "SELECT true FROM pg_catalog.pg_trigger WHERE tgrelid OPERATOR(pg_catalog.=) $1 AND tgname OPERATOR(pg_catalog.=) $2",
+            &[relid.into(), tg.into()],
+        )?
+        .unwrap_or(false);
+        if present {
+            Spi::run(&format!("DROP TRIGGER {tg} ON {name}"))?;
+        }
+    }
+    Ok(())
+}
+
 fn nonempty(name: &str, v: Option<&str>) -> Result<Option<String>> {
     match v {
         Some(s) if s.trim().is_empty() => {
@@ -218,10 +233,9 @@ mod fraud {
             )?
             .ok_or_else(|| FraudError::Config("fraud.watches insert returned nothing".into()))?;
 
+            drop_our_triggers(relid, &name)?;
             for sql in [
-                format!("DROP TRIGGER IF EXISTS zz_pg_fraud_score ON {name}"),
                 format!("CREATE TRIGGER zz_pg_fraud_score BEFORE INSERT ON {name} FOR EACH ROW EXECUTE FUNCTION fraud._score_row()"),
-                format!("DROP TRIGGER IF EXISTS zz_pg_fraud_flush ON {name}"),
                 format!("CREATE TRIGGER zz_pg_fraud_flush AFTER INSERT ON {name} FOR EACH STATEMENT EXECUTE FUNCTION fraud._flush()"),
             ] {
                 Spi::run(&sql)?;
@@ -269,8 +283,7 @@ mod fraud {
                 "SELECT created_columns::pg_catalog.text[] FROM fraud.watches WHERE id OPERATOR(pg_catalog.=) $1",
                 &[id.into()],
             )?;
-            Spi::run(&format!("DROP TRIGGER IF EXISTS zz_pg_fraud_score ON {name}"))?;
-            Spi::run(&format!("DROP TRIGGER IF EXISTS zz_pg_fraud_flush ON {name}"))?;
+            drop_our_triggers(relid, &name)?;
             // SAFETY: syscache lookups on an existing relation.
             let nsp = unsafe {
                 quote_identifier(

@@ -27,7 +27,7 @@ use crate::scoring::{self, Mode, Scored};
 use crate::store::{self, KeyId};
 
 /// Scores a row of a watched table against the current state, without changing anything.
-fn score_composite(t: PgHeapTuple<'_, AllocatedByRust>) -> Result<Scored> {
+fn score_composite(t: PgHeapTuple<'_, AllocatedByRust>, mode: Mode) -> Result<Scored> {
     let cfg = catalog::config()?;
     let (typoid, row) = composite_row(&cfg, t);
     let watch = cfg
@@ -41,7 +41,7 @@ fn score_composite(t: PgHeapTuple<'_, AllocatedByRust>) -> Result<Scored> {
         })?
         .clone();
     let row = row.ok_or_else(|| FraudError::Config(watch.columns.as_ref().err().cloned().unwrap_or_default()))?;
-    catalog::as_owner(cfg.owner, || scoring::score(&cfg, &watch, row, Mode::Query))
+    catalog::as_owner(cfg.owner, || scoring::score(&cfg, &watch, row, mode))
 }
 
 fn type_name(typoid: Oid) -> String {
@@ -74,14 +74,14 @@ fn composite_row(cfg: &Config, t: PgHeapTuple<'_, AllocatedByRust>) -> (Oid, Opt
 /// the score stored at insert time is in the row's risk columns and in `fraud.alerts`.
 #[pg_extern(stable, parallel_restricted)]
 fn fraud_score(t: pgrx::composite_type!("record")) -> std::result::Result<f64, pgrx::pg_sys::panic::ErrorReport> {
-    Ok(score_composite(t).map_err(|e| e.report())?.outcome.score)
+    Ok(score_composite(t, Mode::Query).map_err(|e| e.report())?.outcome.score)
 }
 
 /// Why a row scores what it does: every feature, every contribution (they add up to the
 /// score), the rules that fired and the model used.
 #[pg_extern(stable, parallel_restricted)]
 fn fraud_explain(t: pgrx::composite_type!("record")) -> std::result::Result<JsonB, pgrx::pg_sys::panic::ErrorReport> {
-    let s = score_composite(t).map_err(|e| e.report())?;
+    let s = score_composite(t, Mode::Explain).map_err(|e| e.report())?;
     let mut j = s.outcome.explain_json(&s.features, &s.models, s.rules_evaluated);
     j["scored_at"] = json!(iso(s.t_us));
     Ok(JsonB(j))

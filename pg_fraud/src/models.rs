@@ -35,10 +35,6 @@ use crate::{admin, alerts, scoring};
 
 type SqlResult<T> = std::result::Result<T, pgrx::pg_sys::panic::ErrorReport>;
 
-/// Model signals below this strength carry no feature attribution: explaining a row costs a
-/// second walk of every tree, worth paying only when the model has something to say.
-const EXPLAIN_FROM: f64 = 0.05;
-
 /// Decoded models kept per backend; a deploy is a new (name, version), so nothing here ever
 /// needs invalidating, and the bound only protects against many retrains in one session.
 const CACHE_MAX: usize = 32;
@@ -139,7 +135,7 @@ fn decode(blob: &[u8]) -> std::result::Result<Loaded, String> {
 
 /// The signal of every active model of the row's table. A model that cannot be loaded is
 /// skipped (noted in `fraud.scoring_errors`) unless `pg_fraud.on_error = closed`.
-/// `explain` asks for feature attributions whatever the signal's strength.
+/// `explain` adds each model's feature attribution (a second walk of its trees).
 pub fn signals(cfg: &Config, watch: &Watch, fv: &FeatureVector, explain: bool) -> Result<Vec<ModelSignal>> {
     let Some(models) = cfg.models_by_relid.get(&watch.relid) else { return Ok(Vec::new()) };
     let mut out = Vec::with_capacity(models.len());
@@ -165,25 +161,38 @@ pub fn signals(cfg: &Config, watch: &Watch, fv: &FeatureVector, explain: bool) -
         };
         let raw = loaded.model.score(&row).map_err(model_err)?;
         let p = m.signal(raw);
-        let top_features = if explain || p >= EXPLAIN_FROM {
-            let why = loaded.model.explain(&row).map_err(model_err)?;
-            let mut top: Vec<(String, f64)> = loaded
-                .model
-                .feature_names()
-                .iter()
-                .cloned()
-                .zip(why.attribution)
-                .filter(|(_, share)| *share > 0.0)
-                .collect();
-            top.sort_by(|a, b| b.1.total_cmp(&a.1));
-            top.truncate(5);
-            top
-        } else {
-            Vec::new()
-        };
+        let top_features = if explain { top_features(loaded, &row).map_err(model_err)? } else { Vec::new() };
         out.push(ModelSignal { name: m.name.clone(), version: m.version, kind: m.kind.clone(), raw, p, top_features });
     }
     Ok(out)
+}
+
+/// Adds the feature attribution to signals computed without it (an alerting row's).
+pub fn attribute(cfg: &Config, watch: &Watch, fv: &FeatureVector, signals: &mut [ModelSignal]) -> Result<()> {
+    let Some(models) = cfg.models_by_relid.get(&watch.relid) else { return Ok(()) };
+    for s in signals.iter_mut().filter(|s| s.top_features.is_empty()) {
+        let Some(m) = models.iter().find(|m| m.name == s.name && m.version == s.version) else { continue };
+        if let Ok(loaded) = m.loaded(cfg.owner).as_ref() {
+            let mut row = loaded.row.borrow_mut();
+            fv.model_row(&loaded.ids, &mut row);
+            s.top_features = top_features(loaded, &row).map_err(|e| FraudError::Model {
+                name: m.name.clone(),
+                version: m.version,
+                message: e.to_string(),
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// The five features with the largest share in the model's output for `row`.
+fn top_features(loaded: &Loaded, row: &[f64]) -> fraud_models::Result<Vec<(String, f64)>> {
+    let why = loaded.model.explain(row)?;
+    let mut top: Vec<(String, f64)> =
+        loaded.model.feature_names().iter().cloned().zip(why.attribution).filter(|(_, share)| *share > 0.0).collect();
+    top.sort_by(|a, b| b.1.total_cmp(&a.1));
+    top.truncate(5);
+    Ok(top)
 }
 
 // ---------------------------------------------------------------------------------------

@@ -19,8 +19,10 @@ use crate::store::{self, KeyRef};
 pub enum Mode {
     /// In the BEFORE INSERT trigger: reads pending state, records the event.
     Insert,
-    /// From `fraud_score` / `fraud_explain`: reads committed state, changes nothing.
+    /// From `fraud_score`: reads committed state, changes nothing.
     Query,
+    /// From `fraud_explain`: as `Query`, with every model's feature attribution.
+    Explain,
 }
 
 /// Everything known about a scored row.
@@ -89,7 +91,7 @@ pub fn score(cfg: &Config, watch: &Watch, row: RowValues, mode: Mode) -> Result<
                     features::compute(&txn, &KeyStates { entity, merchant, device, ip }, &fcfg)
                 })
             }
-            Mode::Query => {
+            Mode::Query | Mode::Explain => {
                 let read = |id: Option<KeyRef<'_>>| -> Result<Option<State>> {
                     id.map(|id| store::read_cached(&id.to_owned())).transpose()
                 };
@@ -105,8 +107,15 @@ pub fn score(cfg: &Config, watch: &Watch, row: RowValues, mode: Mode) -> Result<
         }
     };
     let rules = cfg.rules_for(watch.relid);
-    let models = crate::models::signals(cfg, watch, &fv, mode == Mode::Query)?;
-    let outcome = score::decide(&rules, &fv, &models, &gucs::thresholds());
+    let thresholds = gucs::thresholds();
+    let mut models = crate::models::signals(cfg, watch, &fv, mode == Mode::Explain)?;
+    let mut outcome = score::decide(&rules, &fv, &models, &thresholds);
+    if mode == Mode::Insert && outcome.alert && models.iter().any(|m| m.p > 0.0) {
+        // An alert names the features behind each model's signal; attributing costs a second
+        // walk of the trees, so only alerting rows pay it.
+        crate::models::attribute(cfg, watch, &fv, &mut models)?;
+        outcome = score::decide(&rules, &fv, &models, &thresholds);
+    }
     Ok(Scored { row, t_us, features: fv, outcome, models, rules_evaluated: rules.len() })
 }
 

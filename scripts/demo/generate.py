@@ -266,7 +266,9 @@ def stream(world: World, seconds: float, rate: float, fraud_rate: float, dsn: st
             if batch[0]["fraud_pattern"]:
                 frauds += 1
             for r in batch:
-                # live rows happen now: shift the pattern's relative times onto the wall clock
+                # Live rows happen now: a pattern's minutes-apart steps (a spree, a second city)
+                # are compressed onto the wall clock, so the demo shows them within seconds.
+                r["authorized_at"] = datetime.now(timezone.utc).isoformat()
                 pid = conn.execute(sql, [r[k] for k in cols]).fetchone()[0]
                 if r["fraud_pattern"]:
                     conn.execute(truth, (pid, r["fraud_pattern"]))
