@@ -10,14 +10,14 @@
 #
 # Knobs (environment): DEMO_CUSTOMERS=3000 DEMO_DAYS=30 DEMO_SECONDS=60 DEMO_RATE=20
 #   DEMO_PROFILE=release|debug   SKIP_SETUP=1 (machine already set up)   DEMO_KEEP=0 (stop
-#   the cluster at the end instead of leaving it up for exploration)
+#   the cluster at the end instead of leaving it up for exploration)   DEMO_DIR=.demo
 # Real channels, in addition to the console: DEMO_SLACK_WEBHOOK_URL; DEMO_WEBHOOK_URL with
 #   DEMO_WEBHOOK_SECRET; DEMO_SMTP_HOST (DEMO_SMTP_PORT, DEMO_SMTP_TLS=starttls|tls|none,
 #   DEMO_SMTP_USER, DEMO_SMTP_PASSWORD, DEMO_EMAIL_FROM, DEMO_EMAIL_TO).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
-demo=$root/.demo
+demo=${DEMO_DIR:-$root/.demo}
 export PATH="$HOME/.cargo/bin:$PATH"
 PG_BIN=/usr/lib/postgresql/15/bin
 CUSTOMERS=${DEMO_CUSTOMERS:-3000}
@@ -63,12 +63,14 @@ alerter_bin=$root/target/$([ "$PROFILE" = release ] && echo release || echo debu
 scripts/pyenv.sh
 py=$root/.venv/bin/python
 
-say "Starting a PostgreSQL 15 cluster in .demo/ (pg_cron preloaded)"
+say "Starting a PostgreSQL 15 cluster in ${demo#"$root"/} (pg_cron preloaded)"
 stop_all
 rm -rf "$demo"
 mkdir -p "$demo/pg"
 trap 'status=$?; if [ $status -ne 0 ]; then echo "demo failed (exit $status); logs in $demo" >&2; stop_all; fi' EXIT
 trap 'echo; echo "interrupted"; stop_all; exit 130' INT TERM
+# (the server runs as postgres when we are root: it must be able to reach its directory)
+chmod a+rx "$demo"
 [ "$(id -u)" -eq 0 ] && chown postgres "$demo/pg"
 port=$("$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 as_pg "$PG_BIN/initdb" -D "$demo/pg/data" -A trust -U postgres --locale=C.UTF-8 >/dev/null
@@ -266,7 +268,7 @@ SQL
 elapsed=$(( $(date +%s) - started ))
 if [ "${DEMO_KEEP:-1}" = 0 ]; then
   stop_all
-  say "Done in ${elapsed}s; everything it started is stopped (scripts/demo.sh clean removes .demo/)."
+  say "Done in ${elapsed}s; everything it started is stopped (scripts/demo.sh clean removes $demo)."
 else
   kill "$(cat "$demo/alerter.pid")" 2>/dev/null || true
   rm -f "$demo/alerter.pid"
@@ -283,7 +285,7 @@ else
     SELECT * FROM fraud.model_performance;
     SELECT * FROM fraud.alerts ORDER BY id DESC LIMIT 5;
 
-  Logs: .demo/alerter.out (delivered alerts), .demo/alerter.err, .demo/pg/server.log
+  Logs: $demo/alerter.out (delivered alerts), $demo/alerter.err, $demo/pg/server.log
   Stop: scripts/demo.sh stop      Remove: scripts/demo.sh clean
 EOF
 fi
