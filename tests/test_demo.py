@@ -25,7 +25,7 @@ def test_the_demo_runs_and_detects_fraud():
         assert "Summary" in out
         alerts = [line for line in out.splitlines() if line.startswith("ALERT #")]
         assert alerts, out[-3000:]
-        odd = [a for a in alerts if not re.search(r" (HIGH|CRITICAL) score=[01]\.\d\d entity=\S+ .* reasons: \w+ [01]\.\d\d", a)]
+        odd = [a for a in alerts if not re.search(r" (HIGH|CRITICAL) score=[01]\.\d\d entity=\S+ .* reasons: [\w:]+ [01]\.\d\d", a)]
         assert not odd, odd[:3]
         port = re.search(r"postgres://postgres@127\.0\.0\.1:(\d+)/demo", out).group(1)
         with psycopg.connect(host="127.0.0.1", port=port, user="postgres", dbname="demo") as c:

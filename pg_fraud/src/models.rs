@@ -604,6 +604,15 @@ fn split_metrics(scores: &[f64], labels: &[bool], threshold: f64) -> Json {
     })
 }
 
+/// The output at which precision and recall count a row as flagged: where the model's signal
+/// alone reaches the alert threshold, or, for a model too light to alert alone, where its
+/// output reaches the alert threshold on its own scale (`fraud.model_performance` agrees).
+fn flag_output(from: f64, to: f64, weight: f64) -> f64 {
+    let alert = gucs::ALERT_THRESHOLD.get();
+    let share = if weight >= alert { alert / weight } else { alert };
+    from + (to - from) * share
+}
+
 /// Quantile `q` of `v` (sorted copy, nearest rank).
 fn quantile(v: &[f64], q: f64) -> f64 {
     let mut s: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
@@ -681,8 +690,7 @@ fn train_iforest(
             scores.push(forest.score(row).map_err(|e| model_error(name, e))?);
             labels.push(ex[i].label.unwrap_or(false));
         }
-        // Flagged = the model alone would raise the alert threshold.
-        let at = from + (to - from) * (gucs::ALERT_THRESHOLD.get() / weight.max(1e-9)).min(1.0);
+        let at = flag_output(from, to, weight);
         let s = split_metrics(&scores, &labels, at);
         merge(&mut m, json!({"validation_rows": s["rows"], "validation_positives": s["positives"]}));
         merge(&mut m, s);
@@ -781,8 +789,7 @@ fn train_supervised(
         .map_err(|e| FraudError::Config(format!("training matrix: {e}")))?;
     let labels: Vec<bool> = ex.iter().map(|e| e.label.unwrap_or(false)).collect();
     let ts: Vec<i64> = ex.iter().map(|e| e.t_us).collect();
-    // Flagged = the model alone would raise the alert threshold.
-    let threshold = (gucs::ALERT_THRESHOLD.get() / call.weight).min(1.0);
+    let threshold = flag_output(0.0, 1.0, call.weight);
     let config = TrainConfig { validation_fraction: call.validation_fraction, threshold };
     let (clf, report) =
         train_classifier(view, &labels, &ts, &names, &call.params, &config).map_err(|e| model_error(name, e))?;

@@ -141,7 +141,7 @@ features! {
     MERCHANT_TX_COUNT_1H = "merchant_tx_count_1h": Num, "Transactions at this merchant/terminal in the last hour.";
     MERCHANT_TX_COUNT_24H = "merchant_tx_count_24h": Num, "Transactions at this merchant/terminal in the last 24 hours.";
     MERCHANT_AGE_DAYS = "merchant_age_days": Num, "Days since the merchant's first transaction.";
-    MERCHANT_FRAUD_RATE = "merchant_fraud_rate": Num, "Smoothed share of this merchant's labelled rows that are fraud (30-day half-life).";
+    MERCHANT_FRAUD_RATE = "merchant_fraud_rate": Num, "Smoothed share of this merchant's transactions labelled fraud, unlabelled ones counting as genuine (30-day half-life); NULL without labels.";
     MERCHANT_ALERT_RATE = "merchant_alert_rate": Num, "Alerts per transaction at this merchant (30-day half-life).";
     DEVICE_TX_COUNT_1H = "device_tx_count_1h": Num, "Transactions from this device in the last hour.";
     DEVICE_ENTITY_COUNT = "device_entity_count": Num, "Distinct entities seen on this device (capped at 32).";
@@ -410,12 +410,15 @@ pub fn compute(txn: &Txn, states: &KeyStates, cfg: &FeatureConfig) -> FeatureVec
             }
             let fraud = m.decayed(|s| &s.fraud_labels, t, RISK_HALF_LIFE_DAYS).max(0.0);
             let genuine = m.decayed(|s| &s.genuine_labels, t, RISK_HALF_LIFE_DAYS).max(0.0);
-            if fraud + genuine > 0.0 {
-                // Beta(0.1, 9.9) prior: a 1% base rate worth ten labels, so one fraud label on
-                // a new merchant reads as ~10%, not 100%.
-                v[MERCHANT_FRAUD_RATE] = Value::num((fraud + 0.1) / (fraud + genuine + 10.0));
-            }
             let activity = m.decayed(|s| &s.activity, t, ACTIVITY_HALF_LIFE_DAYS);
+            if fraud + genuine > 0.0 {
+                // Labels are mostly chargebacks: fraud is reported, genuine rarely is. So the
+                // denominator is the merchant's transactions (unlabelled ones count as genuine),
+                // or its labels if more were labelled than seen. Beta(0.1, 9.9) prior: a 1%
+                // base rate worth ten transactions, so one fraud on a new merchant reads ~10%.
+                let seen = activity.max(fraud + genuine);
+                v[MERCHANT_FRAUD_RATE] = Value::num((fraud + 0.1) / (seen + 10.0));
+            }
             if activity >= 1.0 {
                 v[MERCHANT_ALERT_RATE] =
                     Value::num((m.decayed(|s| &s.alerts, t, RISK_HALF_LIFE_DAYS) / activity).min(1.0));
@@ -619,8 +622,36 @@ mod tests {
             &KeyStates { merchant: Some(StateView::one(&m)), ..Default::default() },
             &FeatureConfig::default(),
         );
+        // 5 fraud among 20 transactions (the 10 labels are among them), with the prior.
         let Value::Num(rate) = *fv.get(f::MERCHANT_FRAUD_RATE) else { panic!() };
-        assert!((rate - 5.1 / 20.0).abs() < 1e-9, "{rate}");
+        assert!((rate - 5.1 / 30.0).abs() < 1e-9, "{rate}");
         assert_eq!(fv.get(f::MERCHANT_TX_COUNT_1H), &Value::Num(21.0));
+    }
+
+    #[test]
+    fn a_busy_merchant_with_a_few_chargebacks_is_not_risky() {
+        let mut m = State::default();
+        let t = txn(1.0, 0);
+        for _ in 0..500 {
+            m.record(Kind::Merchant, &t.event(t.t_us));
+        }
+        for _ in 0..2 {
+            m.record_label(true, t.t_us);
+        }
+        let states = KeyStates { merchant: Some(StateView::one(&m)), ..Default::default() };
+        let Value::Num(rate) = *compute(&t, &states, &FeatureConfig::default()).get(f::MERCHANT_FRAUD_RATE) else {
+            panic!()
+        };
+        assert!((rate - 2.1 / 510.0).abs() < 1e-9, "{rate}");
+        // ... while the same two on a quiet merchant are.
+        let mut quiet = State::default();
+        quiet.record(Kind::Merchant, &t.event(t.t_us));
+        quiet.record_label(true, t.t_us);
+        quiet.record_label(true, t.t_us);
+        let states = KeyStates { merchant: Some(StateView::one(&quiet)), ..Default::default() };
+        let Value::Num(rate) = *compute(&t, &states, &FeatureConfig::default()).get(f::MERCHANT_FRAUD_RATE) else {
+            panic!()
+        };
+        assert!((rate - 2.1 / 12.0).abs() < 1e-9, "{rate}");
     }
 }

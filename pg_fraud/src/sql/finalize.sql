@@ -136,13 +136,14 @@ SELECT m.name, m.version, m.kind, m.active, m.source_table, m.trained_at, m.trai
   LEFT JOIN live ON live.name = m.name AND live.version = m.version
   LEFT JOIN LATERAL (
       SELECT fraud.classification_metrics(live.outputs, live.labels,
-                 m.signal_from + (m.signal_to - m.signal_from) * LEAST(1.0,
-                     COALESCE(pg_catalog.current_setting('pg_fraud.alert_threshold', true), '0.7')::double precision
-                     / NULLIF(m.weight, 0))) AS j
+                 m.signal_from + (m.signal_to - m.signal_from)
+                     * CASE WHEN m.weight >= t.alert THEN t.alert / m.weight ELSE t.alert END) AS j
+        FROM (SELECT COALESCE(pg_catalog.current_setting('pg_fraud.alert_threshold', true), '0.7')::double precision
+                     AS alert) t
        WHERE live.rows IS NOT NULL
   ) x ON true;
 COMMENT ON VIEW fraud.model_performance IS
-    'Per model version: validation metrics from training, and live metrics of the logged outputs against fraud.labels (unlabelled rows count as genuine; flagged = the model alone reaches the alert threshold).';
+    'Per model version: validation metrics from training, and live metrics of the logged outputs against fraud.labels (unlabelled rows count as genuine; flagged = the model alone reaches the alert threshold, or for a model too light to alert alone, its output reaches the threshold on its own scale).';
 
 CREATE VIEW fraud.delivery_health AS
 SELECT c.name AS channel, c.enabled, c.min_level,
@@ -156,12 +157,14 @@ SELECT c.name AS channel, c.enabled, c.min_level,
        pg_catalog.max(d.delivered_at) AS last_delivered_at,
        pg_catalog.avg(EXTRACT(epoch FROM d.delivered_at - a.created_at))
            FILTER (WHERE d.delivered_at > pg_catalog.now() - interval '24 hours') AS avg_latency_seconds_24h,
-       (pg_catalog.array_agg(d.last_error ORDER BY d.updated_at DESC) FILTER (WHERE d.last_error IS NOT NULL))[1] AS last_error
+       (pg_catalog.array_agg(d.last_error ORDER BY d.updated_at DESC) FILTER (WHERE d.last_error IS NOT NULL))[1] AS last_error,
+       (pg_catalog.array_agg(d.last_error ORDER BY d.updated_at DESC) FILTER (WHERE d.status = 'dead'))[1] AS last_dead_error
   FROM fraud.channels c
   LEFT JOIN fraud.alert_deliveries d ON d.channel = c.name
   LEFT JOIN fraud.alerts a ON a.id = d.alert_id
  GROUP BY c.name, c.enabled, c.min_level;
-COMMENT ON VIEW fraud.delivery_health IS 'Per channel: queue by status, dead letters, latency from alert to delivery, last error.';
+COMMENT ON VIEW fraud.delivery_health IS
+    'Per channel: queue by status, dead letters, latency from alert to delivery, the latest error (of any delivery, and of a dead one).';
 
 -- pg_dump: configuration and history are user data.
 SELECT pg_catalog.pg_extension_config_dump('fraud.watches', '');
