@@ -1047,6 +1047,23 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_is_valid() {
+        // alerter.example.toml documents every key; this keeps it in step with the parser.
+        let text = include_str!("../alerter.example.toml");
+        let env = |name: &str| match name {
+            "ALERTER_DATABASE_URL" => Some("postgres://alerter:pw@db.example.com/app?sslmode=verify-full".to_owned()),
+            "SLACK_WEBHOOK_URL" => Some("https://hooks.slack.com/services/T0/B0/XYZ".to_owned()),
+            "FRAUD_WEBHOOK_SECRET" | "SMTP_PASSWORD" => Some("s3cret".to_owned()),
+            _ => None,
+        };
+        let c = Config::from_toml_str_with_env(text, &env).unwrap_or_else(|e| panic!("{e}"));
+        let names: Vec<&str> = c.channels.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["oncall_email", "risk_api", "slack", "stdout"]);
+        let kinds: Vec<&str> = c.channels.iter().map(|c| c.kind.type_name()).collect();
+        assert_eq!(kinds, ["email", "webhook", "slack", "log"]);
+    }
+
+    #[test]
     fn syntax_errors_are_reported() {
         let e = parse("[database\nurl=").unwrap_err();
         assert!(e.to_string().contains("not valid TOML"), "{e}");

@@ -205,14 +205,15 @@ impl Worker {
                 _ = self.gate.wait() => {}
                 _ = stop.cancelled() => break,
             }
-            let capacity = self.inflight.available_permits().min(self.claim_cap);
-            if capacity == 0 {
+            let free = self.inflight.available_permits().min(self.claim_cap);
+            if free == 0 {
                 tokio::select! {
                     p = self.inflight.clone().acquire_owned() => drop(p),
                     _ = stop.cancelled() => break,
                 }
                 continue;
             }
+            let capacity = crate::db::claim_size(free, self.claim_cap);
             let claimed = tokio::select! {
                 c = engine.db.claim(&self.name, capacity, engine.delivery.lease, self.group.wait) => c,
                 _ = stop.cancelled() => break,

@@ -111,7 +111,7 @@ pub(crate) async fn classify_response(resp: reqwest::Response) -> Result<Deliver
     classify_status(status, retry_after, &body)
 }
 
-/// The pure part of [`classify_response`].
+/// The pure part of `classify_response`: status, `Retry-After` and body to an outcome.
 pub fn classify_status(status: StatusCode, retry_after: Option<Duration>, body: &str) -> Result<Delivered, SendError> {
     if status.is_success() {
         return Ok(Delivered { detail: format!("HTTP {}", status.as_u16()) });

@@ -112,6 +112,16 @@ impl std::fmt::Debug for Database {
     }
 }
 
+/// The claim; `{limit}` is replaced by a number from [`claim_size`].
+///
+/// Two choices keep it O(batch) however long the queue is (found with a 200,000-row
+/// backlog, see alerter/BENCHMARKS.md):
+/// - it orders by `next_attempt_at` alone, so the partial index on it returns rows in order
+///   and the LIMIT stops the scan. A tie-breaker on `alert_id` forced a sort of every due
+///   row, and ties are the rule: a bulk insert gives all its deliveries one `now()`. Rows
+///   due at the same instant come out in index order, which is insertion order in practice.
+/// - the LIMIT is a literal, not a parameter: a cached generic plan must guess a
+///   parameter's LIMIT (10% of the rows) and then hash-joins the whole table to update them.
 const CLAIM: &str = "
 WITH due AS (
     SELECT d.alert_id, d.channel
@@ -119,16 +129,16 @@ WITH due AS (
      WHERE d.channel = $1
        AND d.status IN ('pending', 'sending', 'failed')
        AND d.next_attempt_at <= now()
-       AND (d.attempts > 0 OR d.created_at <= now() - make_interval(secs => $5))
-     ORDER BY d.next_attempt_at, d.alert_id
-     LIMIT $2
+       AND (d.attempts > 0 OR d.created_at <= now() - make_interval(secs => $4))
+     ORDER BY d.next_attempt_at
+     LIMIT {limit}
        FOR UPDATE SKIP LOCKED
 )
 UPDATE fraud.alert_deliveries d
    SET status = 'sending',
-       claimed_by = $3,
+       claimed_by = $2,
        attempts = d.attempts + 1,
-       next_attempt_at = now() + make_interval(secs => $4),
+       next_attempt_at = now() + make_interval(secs => $3),
        updated_at = now()
   FROM due, fraud.alerts a
  WHERE d.alert_id = due.alert_id AND d.channel = due.channel AND a.id = d.alert_id
@@ -143,6 +153,11 @@ SELECT extract(epoch FROM min(CASE WHEN attempts = 0
   FROM fraud.alert_deliveries
  WHERE channel = $1 AND status IN ('pending', 'sending', 'failed')";
 
+/// `(d.status = 'sending') IS TRUE` means `d.status = 'sending'` (the column is NOT NULL),
+/// written so the planner cannot use the `(channel, status)` index for it. That index looks
+/// selective (few rows are `sending`) but keeps an entry for every past claim until VACUUM;
+/// probed once per updated row it made a batch take up to 0.5 s at a 200,000-row backlog.
+/// The primary key finds each row with one probe.
 const RECORD: &str = "
 UPDATE fraud.alert_deliveries d
    SET status = u.status,
@@ -155,7 +170,7 @@ UPDATE fraud.alert_deliveries d
   FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::text[])
        AS u(alert_id, channel, status, delay_ms, error)
  WHERE d.alert_id = u.alert_id AND d.channel = u.channel
-   AND d.status = 'sending' AND d.claimed_by = $6";
+   AND (d.status = 'sending') IS TRUE AND d.claimed_by = $6";
 
 const RELEASE_OWN: &str = "
 UPDATE fraud.alert_deliveries
@@ -187,6 +202,20 @@ SELECT channel, status, count(*)::bigint, (count(*) FILTER (WHERE next_attempt_a
   FROM fraud.alert_deliveries
  WHERE status IN ('pending', 'sending', 'failed')
  GROUP BY channel, status";
+
+/// How many rows to claim when `free` may be claimed and a full batch is `cap`: the whole
+/// batch, else the largest power of two not above `free`. The LIMIT is part of the claim's
+/// SQL text (a literal keeps cached plans good), so this bounds the statements each
+/// connection prepares to about log2(cap) + 1.
+pub fn claim_size(free: usize, cap: usize) -> usize {
+    if free >= cap {
+        cap.max(1)
+    } else if free <= 1 {
+        1
+    } else {
+        1 << (usize::BITS - 1 - free.leading_zeros())
+    }
+}
 
 impl Database {
     /// Parses the connection string, builds the TLS connector and the (lazy) pool. Does not
@@ -264,7 +293,8 @@ impl Database {
         Ok(client.execute(RECLAIM_OWN, &[&self.instance]).await?)
     }
 
-    /// Claims up to `limit` due deliveries of `channel`.
+    /// Claims up to `limit` due deliveries of `channel`; `limit` should come from
+    /// [`claim_size`] (any value works, but each distinct one is a statement to prepare).
     pub async fn claim(
         &self,
         channel: &str,
@@ -273,10 +303,9 @@ impl Database {
         group_wait: Duration,
     ) -> Result<Vec<Claimed>> {
         let client = self.pooled().await?;
-        let stmt = client.prepare_cached(CLAIM).await?;
-        let rows = client
-            .query(&stmt, &[&channel, &(limit as i64), &self.instance, &lease.as_secs_f64(), &group_wait.as_secs_f64()])
-            .await?;
+        let stmt = client.prepare_cached(&CLAIM.replace("{limit}", &limit.max(1).to_string())).await?;
+        let rows =
+            client.query(&stmt, &[&channel, &self.instance, &lease.as_secs_f64(), &group_wait.as_secs_f64()]).await?;
         let claimed_at = Instant::now();
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
@@ -356,5 +385,30 @@ impl Database {
                 })
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claim_sizes_are_the_batch_or_a_power_of_two() {
+        assert_eq!(claim_size(500, 384), 384);
+        assert_eq!(claim_size(384, 384), 384);
+        assert_eq!(claim_size(383, 384), 256);
+        assert_eq!(claim_size(3, 384), 2);
+        assert_eq!(claim_size(1, 384), 1);
+        assert_eq!(claim_size(0, 384), 1);
+        assert_eq!(claim_size(7, 1), 1);
+        let distinct: std::collections::BTreeSet<usize> = (1..=200).map(|f| claim_size(f, 200)).collect();
+        assert_eq!(distinct.len(), 9, "{distinct:?}"); // 1, 2, 4 … 128, and 200
+    }
+
+    #[test]
+    fn the_claim_limit_is_a_literal() {
+        let sql = CLAIM.replace("{limit}", "128");
+        assert!(sql.contains("LIMIT 128\n"), "{sql}");
+        assert!(!sql.contains("$5"), "parameters are $1..$4: {sql}");
     }
 }
