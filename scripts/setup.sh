@@ -17,7 +17,7 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 #    installs the extension with `sudo cp` when tests run as the postgres user), pgbench
 #    (benchmarks), python3-venv (the scikit-learn comparison in the model benchmark).
 apt_pkgs=(postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR postgresql-$PG_MAJOR-cron
-          postgresql-contrib libclang-dev clang sudo pkg-config libssl-dev python3 curl ca-certificates)
+          postgresql-contrib libclang-dev clang sudo pkg-config libssl-dev python3 python3-venv curl ca-certificates)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

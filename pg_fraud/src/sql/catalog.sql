@@ -48,7 +48,9 @@ COMMENT ON TABLE fraud.rules IS
 -- Per-key profile state, one row per (key, writing shard); read by merging the shards.
 CREATE TABLE fraud.profile_shards (
     watch_id  integer NOT NULL,
-    kind      text NOT NULL CHECK (kind IN ('entity', 'merchant', 'device', 'ip')),
+    -- entity | merchant | device | ip; written only by the extension (no CHECK: a constraint
+    -- is re-prepared by every statement that writes the table, and this one writes per insert)
+    kind      text NOT NULL,
     key       text NOT NULL,
     shard     smallint NOT NULL,
     state     bytea NOT NULL,
