@@ -11,6 +11,7 @@
 # Knobs (environment): DEMO_CUSTOMERS=3000 DEMO_DAYS=30 DEMO_SECONDS=60 DEMO_RATE=20
 #   DEMO_PROFILE=release|debug   SKIP_SETUP=1 (machine already set up)   DEMO_KEEP=0 (stop
 #   the cluster at the end instead of leaving it up for exploration)   DEMO_DIR=.demo
+#   DEMO_SEED (a fixed live stream; default: a new one each run)
 # Real channels, in addition to the console: DEMO_SLACK_WEBHOOK_URL; DEMO_WEBHOOK_URL with
 #   DEMO_WEBHOOK_SECRET; DEMO_SMTP_HOST (DEMO_SMTP_PORT, DEMO_SMTP_TLS=starttls|tls|none,
 #   DEMO_SMTP_USER, DEMO_SMTP_PASSWORD, DEMO_EMAIL_FROM, DEMO_EMAIL_TO).
@@ -214,8 +215,9 @@ psql -c "INSERT INTO demo.metrics VALUES ('live_from_id', (SELECT max(payment_id
 say "Streaming live payments for ${LIVE_SECONDS}s at ${RATE}/s (fraud mixed in); alerts as the alerter delivers them:"
 tail -n 0 -f "$demo/alerter.out" &
 tail_pid=$!
+seed=(); [ -n "${DEMO_SEED:-}" ] && seed=(--seed "$DEMO_SEED")
 "$py" scripts/demo/generate.py stream --customers "$CUSTOMERS" --seconds "$LIVE_SECONDS" --rate "$RATE" \
-  --dsn "host=127.0.0.1 port=$port user=postgres dbname=demo" --quiet
+  --dsn "host=127.0.0.1 port=$port user=postgres dbname=demo" --quiet "${seed[@]}"
 sleep 3  # let the alerter deliver the last ones
 kill "$tail_pid" 2>/dev/null || true
 wait "$tail_pid" 2>/dev/null || true

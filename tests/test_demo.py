@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_the_demo_runs_and_detects_fraud():
     demo_dir = Path(tempfile.mkdtemp(prefix="pgfraud-demo-"))
     env = dict(os.environ, SKIP_SETUP="1", DEMO_PROFILE="debug", DEMO_CUSTOMERS="400", DEMO_DAYS="12",
-               DEMO_SECONDS="20", DEMO_DIR=str(demo_dir))
+               DEMO_SECONDS="20", DEMO_SEED="11", DEMO_DIR=str(demo_dir))
     try:
         run = subprocess.run([str(ROOT / "scripts" / "demo.sh")], env=env, capture_output=True, text=True, timeout=1800)
         out = run.stdout

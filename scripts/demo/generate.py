@@ -291,16 +291,18 @@ def main():
     s.add_argument("--seconds", type=float, default=60)
     s.add_argument("--rate", type=float, default=20)
     s.add_argument("--fraud-rate", type=float, default=0.04)
-    s.add_argument("--seed", type=int, default=7)
+    s.add_argument("--seed", type=int, help="default: a new one each run")
     s.add_argument("--dsn", required=True)
     s.add_argument("--table", default="shop.card_payments")
     s.add_argument("--quiet", action="store_true")
     a = p.parse_args()
-    world = World(a.customers, a.seed)
     if a.cmd == "history":
+        world = World(a.customers, a.seed)
         write_csv(history(world, a.days, a.fraud_rate, datetime.now(timezone.utc)), sys.stdout)
     else:
-        world.rng.seed(a.seed + int(time.time()))
+        # The same customers as the history (its default seed), then live choices of our own.
+        world = World(a.customers, 7)
+        world.rng.seed(a.seed if a.seed is not None else int(time.time()))
         stream(world, a.seconds, a.rate, a.fraud_rate, a.dsn, a.table, a.quiet)
 
 
