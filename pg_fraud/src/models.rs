@@ -447,8 +447,19 @@ fn active_version(name: &str) -> Result<Option<(i32, Json)>> {
     })
 }
 
+/// Serializes registry changes to one model name (versions, deploys) until the transaction
+/// ends, so two concurrent trainings cannot both claim the next version.
+fn lock_name(name: &str) -> Result<()> {
+    Spi::run_with_args(
+        "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('pg_fraud.model:' OPERATOR(pg_catalog.||) $1))",
+        &[name.into()],
+    )?;
+    Ok(())
+}
+
 /// Makes `version` the active one and records why.
 fn activate(name: &str, version: Option<i32>, action: &str, reason: &str) -> Result<()> {
+    lock_name(name)?;
     // Two statements: the one-active-per-name index is checked row by row.
     Spi::run_with_args(
         "UPDATE fraud.models SET active = false WHERE name OPERATOR(pg_catalog.=) $1 AND active",
@@ -505,6 +516,7 @@ struct Trained {
 fn store(name: &str, watch: &Watch, t: Trained, policy: DeployPolicy) -> Result<Json> {
     let blob = t.model.to_bytes().map_err(|e| model_error(name, e))?;
     let features: Vec<String> = t.model.feature_names().to_vec();
+    lock_name(name)?;
     let version = Spi::get_one_with_args::<i32>(
         "INSERT INTO fraud.models (name, version, kind, source_table, features, params, metrics, training_rows, \
                                    training_seconds, weight, signal_from, signal_to, model) \

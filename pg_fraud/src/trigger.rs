@@ -200,13 +200,14 @@ mod fraud {
                 return Ok(scored);
             }
             scoring::record(&watch, &scored);
-            crate::scorelog::record(watch.relid, &scored);
             if scored.outcome.alert
                 && Spi::connect(|client| alerts::raise(client, &watch, &scored.row, scored.t_us, &scored.outcome))?
                     .is_some()
             {
                 scoring::record_alert(&watch, &scored);
             }
+            // Last, so a row that ends up unscored (an error above) is not logged as scored.
+            scorelog::record(watch.relid, &scored);
             Ok(scored)
         });
         match result {
