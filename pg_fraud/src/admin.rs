@@ -66,6 +66,22 @@ fn velocity_index(relid: Oid, entity_attnum: i16, ts_attnum: i16) -> Result<Opti
     )
 }
 
+/// Runs `sql` through a cursor and hands `batch` 10,000 rows at a time (cancellable between
+/// batches), so replaying or compacting a huge table never holds it in memory.
+pub(crate) fn scan(sql: &str, mut batch: impl FnMut(pgrx::spi::SpiTupleTable<'_>) -> Result<()>) -> Result<()> {
+    Spi::connect_mut(|client| {
+        let mut cursor = client.try_open_cursor(sql, &[])?;
+        loop {
+            let rows = cursor.fetch(10_000)?;
+            if rows.is_empty() {
+                return Ok(());
+            }
+            pgrx::check_for_interrupts!();
+            batch(rows)?;
+        }
+    })
+}
+
 /// Drops the triggers `watch()` creates, where present (no NOTICE for absent ones).
 fn drop_our_triggers(relid: Oid, name: &str) -> Result<()> {
     for tg in ["zz_pg_fraud_score", "zz_pg_fraud_flush"] {
@@ -479,10 +495,7 @@ fn label_row(
     note: Option<&str>,
     at: Option<pgrx::datum::TimestampWithTimeZone>,
 ) -> Result<bool> {
-    let at_raw: Option<i64> = at.map(|t| t.into_inner());
-    if at_raw.is_some_and(|t| t == i64::MAX || t == i64::MIN) {
-        return Err(FraudError::InvalidArgument("label time `at` must be a finite timestamp".into()));
-    }
+    let at_us = at.map(|t| crate::api::finite_us("at", t)).transpose()?;
     let cfg = catalog::config()?;
     let watch = cfg.watch(relid)?.clone();
     // The label itself is written with the caller's rights (fraud_analyst may write labels).
@@ -504,7 +517,7 @@ fn label_row(
     let Some(row) = row else {
         return Err(FraudError::InvalidArgument(format!("{} has no row with key {row_key}", watch.name)));
     };
-    let now = at_raw.map_or_else(scoring::now_us, crate::rowread::timestamptz_to_unix_us);
+    let now = at_us.unwrap_or_else(scoring::now_us);
     let ids = scoring::key_ids(watch.id, &row);
     for id in [ids[0], ids[1]].into_iter().flatten() {
         store::update(id, |s| {
@@ -539,28 +552,21 @@ pub fn rebuild(relid: Oid) -> Result<i64> {
     })?;
     // Rows are read with the caller's rights on their own table.
     let sql = format!("SELECT t FROM {} AS t ORDER BY t.{ts}", watch.name);
-    Spi::connect_mut(|client| -> Result<()> {
-        let mut cursor = client.try_open_cursor(&sql, &[])?;
-        loop {
-            let batch = cursor.fetch(10_000)?;
-            if batch.is_empty() {
-                break;
-            }
-            for r in batch {
-                let Some(t) = r.get::<PgHeapTuple<'_, AllocatedByRust>>(1)? else { continue };
-                let row = composite_values(&watch, t);
-                let t_us = scoring::effective_time(&row, now);
-                let ev = row.txn(t_us, now).event(t_us);
-                for (id, kind) in scoring::key_ids(watch.id, &row).iter().zip(Kind::ALL) {
-                    if let Some(id) = *id {
-                        store::update(id, |s| s.record(kind, &ev));
-                    }
+    scan(&sql, |batch| {
+        for r in batch {
+            let Some(t) = r.get::<PgHeapTuple<'_, AllocatedByRust>>(1)? else { continue };
+            let row = composite_values(&watch, t);
+            let t_us = scoring::effective_time(&row, now);
+            let ev = row.txn(t_us, now).event(t_us);
+            for (id, kind) in scoring::key_ids(watch.id, &row).iter().zip(Kind::ALL) {
+                if let Some(id) = *id {
+                    store::update(id, |s| s.record(kind, &ev));
                 }
-                rows += 1;
             }
-            if store::pending_keys() >= REBUILD_FLUSH_KEYS {
-                catalog::as_owner(owner, || Spi::connect_mut(|c| store::flush(c, owner)))?;
-            }
+            rows += 1;
+        }
+        if store::pending_keys() >= REBUILD_FLUSH_KEYS {
+            catalog::as_owner(owner, || Spi::connect_mut(|c| store::flush(c, owner)))?;
         }
         Ok(())
     })?;

@@ -127,11 +127,12 @@ pub(crate) fn window_us(w: &Interval) -> Result<i64> {
     i64::try_from(us).map_err(|_| FraudError::InvalidArgument("window is too large".into()))
 }
 
-fn at_us(at: TimestampWithTimeZone) -> Result<i64> {
-    if at.is_infinity() || at.is_neg_infinity() {
-        return Err(FraudError::InvalidArgument("at must be a finite timestamp".into()));
+/// A timestamp argument as µs since the Unix epoch; ±infinity is an error naming `what`.
+pub(crate) fn finite_us(what: &str, t: TimestampWithTimeZone) -> Result<i64> {
+    if t.is_infinity() || t.is_neg_infinity() {
+        return Err(FraudError::InvalidArgument(format!("{what} must be a finite timestamp")));
     }
-    Ok(rowread::timestamptz_to_unix_us(pg_sys::TimestampTz::from(at)))
+    Ok(rowread::timestamptz_to_unix_us(pg_sys::TimestampTz::from(t)))
 }
 
 /// Count and amount sum of a key's transactions in `(at − window, at]`: from the key's
@@ -146,7 +147,7 @@ fn window_for(
 ) -> Result<Window> {
     let kind = parse_kind(kind)?;
     let win = window_us(window)?;
-    let at = at_us(at)?;
+    let at = finite_us("at", at)?;
     let cfg = catalog::config()?;
     let watch = watch_for(&cfg, source)?;
     let state = store::read_cached(&KeyId { watch: watch.id, kind, key: key.to_string() })?;

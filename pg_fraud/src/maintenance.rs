@@ -34,38 +34,28 @@ struct Key {
 /// moment earlier; a delta inserted after the delete lands in a new row. Nothing is lost.
 fn compact_profiles(cutoff_us: i64) -> Result<(i64, i64)> {
     let mut candidates = Vec::new();
-    Spi::connect_mut(|client| -> Result<()> {
-        let mut cursor = client.try_open_cursor(
-            "SELECT watch_id, kind, key, pg_catalog.array_agg(state) FROM fraud.profile_shards GROUP BY 1, 2, 3",
-            &[],
-        )?;
-        loop {
-            let batch = cursor.fetch(10_000)?;
-            if batch.is_empty() {
-                break;
+    let sql = "SELECT watch_id, kind, key, pg_catalog.array_agg(state) FROM fraud.profile_shards GROUP BY 1, 2, 3";
+    crate::admin::scan(sql, |batch| {
+        for r in batch {
+            let (Some(watch), Some(kind), Some(key), Some(states)) =
+                (r.get::<i32>(1)?, r.get::<String>(2)?, r.get::<String>(3)?, r.get::<pgrx::Array<'_, &[u8]>>(4)?)
+            else {
+                continue;
+            };
+            let mut merged = State::default();
+            let mut corrupt = false;
+            let mut shards = 0;
+            for s in states.iter() {
+                shards += 1;
+                match s.map(State::decode) {
+                    Some(Ok(s)) => merged.merge(&s),
+                    _ => corrupt = true,
+                }
             }
-            pgrx::check_for_interrupts!();
-            for r in batch {
-                let (Some(watch), Some(kind), Some(key), Some(states)) =
-                    (r.get::<i32>(1)?, r.get::<String>(2)?, r.get::<String>(3)?, r.get::<pgrx::Array<'_, &[u8]>>(4)?)
-                else {
-                    continue;
-                };
-                let mut merged = State::default();
-                let mut corrupt = false;
-                let mut shards = 0;
-                for s in states.iter() {
-                    shards += 1;
-                    match s.map(State::decode) {
-                        Some(Ok(s)) => merged.merge(&s),
-                        _ => corrupt = true,
-                    }
-                }
-                // A corrupt shard is left for fraud.rebuild_profiles, which names it.
-                let idle = merged.last_seen_us.is_none_or(|t| t < cutoff_us);
-                if !corrupt && (shards > 1 || idle) {
-                    candidates.push(Key { watch, kind, key });
-                }
+            // A corrupt shard is left for fraud.rebuild_profiles, which names it.
+            let idle = merged.last_seen_us.is_none_or(|t| t < cutoff_us);
+            if !corrupt && (shards > 1 || idle) {
+                candidates.push(Key { watch, kind, key });
             }
         }
         Ok(())

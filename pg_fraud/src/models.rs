@@ -305,44 +305,36 @@ fn collect(
     };
     // The caller's own rights on their table: training reads what they may read.
     let sql = format!("SELECT t FROM {} AS t ORDER BY {order}", watch.name);
-    Spi::connect_mut(|client| -> Result<()> {
-        let mut cursor = client.try_open_cursor(&sql, &[])?;
-        loop {
-            let batch = cursor.fetch(10_000)?;
-            if batch.is_empty() {
-                break;
+    admin::scan(&sql, |batch| {
+        for r in batch {
+            let Some(t) = r.get::<PgHeapTuple<'_, AllocatedByRust>>(1)? else { continue };
+            let row = admin::composite_values(watch, t);
+            let t_us = scoring::effective_time(&row, now);
+            // Replayed rows arrive "on time": no clock skew, as for a live insert.
+            let txn = row.txn(t_us, t_us);
+            let fv = replay.step(&txn, |fv| score::decide(&rules, fv, &[], &thresholds).alert);
+            replayed += 1;
+            let label = row.key.as_ref().and_then(|k| labels.get(k)).copied();
+            if let Some((is_fraud, at)) = label {
+                // A label given before its row existed (back-dated) counts from the row.
+                replay.schedule_label(txn.entity, txn.merchant, is_fraud, at.max(t_us));
             }
-            pgrx::check_for_interrupts!();
-            for r in batch {
-                let Some(t) = r.get::<PgHeapTuple<'_, AllocatedByRust>>(1)? else { continue };
-                let row = admin::composite_values(watch, t);
-                let t_us = scoring::effective_time(&row, now);
-                // Replayed rows arrive "on time": no clock skew, as for a live insert.
-                let txn = row.txn(t_us, t_us);
-                let fv = replay.step(&txn, |fv| score::decide(&rules, fv, &[], &thresholds).alert);
-                replayed += 1;
-                let label = row.key.as_ref().and_then(|k| labels.get(k)).copied();
-                if let Some((is_fraud, at)) = label {
-                    // A label given before its row existed (back-dated) counts from the row.
-                    replay.schedule_label(txn.entity, txn.merchant, is_fraud, at.max(t_us));
-                }
-                if !window.contains(t_us) {
-                    continue;
-                }
-                in_window += 1;
-                let label = label.map(|(f, _)| f);
-                let make = || {
-                    let mut x = Vec::with_capacity(ids.len());
-                    fv.model_row(ids, &mut x);
-                    Example { x, t_us, label, key: row.key.clone() }
-                };
-                match (sampling, label) {
-                    (Sampling::Uniform, _) => reservoir.offer(make),
-                    (Sampling::Supervised { .. }, Some(true)) => positives.push(make()),
-                    (Sampling::Supervised { .. }, Some(false)) => reservoir.offer(make),
-                    (Sampling::Supervised { unlabelled_as_genuine: true }, None) => reservoir.offer(make),
-                    (Sampling::Supervised { unlabelled_as_genuine: false }, None) => {}
-                }
+            if !window.contains(t_us) {
+                continue;
+            }
+            in_window += 1;
+            let label = label.map(|(f, _)| f);
+            let make = || {
+                let mut x = Vec::with_capacity(ids.len());
+                fv.model_row(ids, &mut x);
+                Example { x, t_us, label, key: row.key.clone() }
+            };
+            match (sampling, label) {
+                (Sampling::Uniform, _) => reservoir.offer(make),
+                (Sampling::Supervised { .. }, Some(true)) => positives.push(make()),
+                (Sampling::Supervised { .. }, Some(false)) => reservoir.offer(make),
+                (Sampling::Supervised { unlabelled_as_genuine: true }, None) => reservoir.offer(make),
+                (Sampling::Supervised { unlabelled_as_genuine: false }, None) => {}
             }
         }
         Ok(())
@@ -575,15 +567,16 @@ fn store(name: &str, watch: &Watch, t: Trained, policy: DeployPolicy) -> Result<
     }))
 }
 
-fn ts_us(t: Option<TimestampWithTimeZone>) -> Result<Option<i64>> {
-    t.map(|t| {
-        let raw: i64 = t.into_inner();
-        if raw == i64::MAX || raw == i64::MIN {
-            return Err(FraudError::InvalidArgument("since/until must be finite timestamps".into()));
-        }
-        Ok(crate::rowread::timestamptz_to_unix_us(raw))
-    })
-    .transpose()
+fn ts_us(what: &str, t: Option<TimestampWithTimeZone>) -> Result<Option<i64>> {
+    t.map(|t| crate::api::finite_us(what, t)).transpose()
+}
+
+/// A count argument (trees, rows...) that must be at least 1.
+fn positive(what: &str, v: i32) -> Result<usize> {
+    usize::try_from(v)
+        .ok()
+        .filter(|&n| n > 0)
+        .ok_or_else(|| FraudError::InvalidArgument(format!("{what} must be a positive integer, got {v}")))
 }
 
 fn check_weight(weight: f64) -> Result<()> {
@@ -917,19 +910,13 @@ mod fraud {
         deploy: default!(&str, "'if_better'"),
     ) -> SqlResult<JsonB> {
         let run = || -> Result<JsonB> {
-            let count = |what: &str, v: i32| -> Result<usize> {
-                usize::try_from(v)
-                    .ok()
-                    .filter(|&n| n > 0)
-                    .ok_or_else(|| FraudError::InvalidArgument(format!("{what} must be a positive integer, got {v}")))
-            };
             let params = IsolationForestParams {
-                n_trees: count("n_trees", n_trees)?,
-                sample_size: count("sample_size", sample_size)?,
-                max_depth: max_depth.map(|d| count("max_depth", d)).transpose()?,
+                n_trees: positive("n_trees", n_trees)?,
+                sample_size: positive("sample_size", sample_size)?,
+                max_depth: max_depth.map(|d| positive("max_depth", d)).transpose()?,
                 seed: seed as u64,
             };
-            let window = Window { since_us: ts_us(since)?, until_us: ts_us(until)? };
+            let window = Window { since_us: ts_us("since", since)?, until_us: ts_us("until", until)? };
             train_iforest(name, source.as_ref(), params, contamination, weight, features, window, max_rows, deploy)
                 .map(JsonB)
         };
@@ -963,12 +950,6 @@ mod fraud {
         deploy: default!(&str, "'if_better'"),
     ) -> SqlResult<JsonB> {
         let run = || -> Result<JsonB> {
-            let positive = |what: &str, v: i32| -> Result<usize> {
-                usize::try_from(v)
-                    .ok()
-                    .filter(|&n| n > 0)
-                    .ok_or_else(|| FraudError::InvalidArgument(format!("{what} must be a positive integer, got {v}")))
-            };
             let params = ClassifierParams {
                 n_trees: positive("n_trees", n_trees)?,
                 max_depth: u16::try_from(positive("max_depth", max_depth)?).unwrap_or(u16::MAX),
@@ -981,7 +962,7 @@ mod fraud {
             };
             let call =
                 ClassifierCall { params, validation_fraction, weight, features, unlabelled_as_genuine, max_rows };
-            let window = Window { since_us: ts_us(since)?, until_us: ts_us(until)? };
+            let window = Window { since_us: ts_us("since", since)?, until_us: ts_us("until", until)? };
             train_supervised(name, source.as_ref(), call, window, deploy).map(JsonB)
         };
         run().map_err(|e| e.report())
@@ -1065,7 +1046,7 @@ mod fraud {
             let cfg = catalog::config()?;
             let watch = crate::api::watch_for(&cfg, source.as_ref())?;
             let ids = feature_ids(features.as_deref())?;
-            let window = Window { since_us: ts_us(since)?, until_us: ts_us(until)? };
+            let window = Window { since_us: ts_us("since", since)?, until_us: ts_us("until", until)? };
             let data = collect(&cfg, &watch, &ids, &window, Sampling::Uniform, usize::MAX, 0)?;
             let rows: Vec<_> = data
                 .examples

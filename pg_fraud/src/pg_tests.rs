@@ -883,7 +883,7 @@ fn the_dashboard_views_answer() {
 
 #[pg_test]
 fn classification_metrics_on_good_and_bad_input() {
-    let j = json("SELECT fraud.classification_metrics(ARRAY[0.9, 0.8, 0.2, 0.1, NULL, 'NaN'], ARRAY[true, true, false, false, true, false])");
+    let j = json("SELECT fraud.classification_metrics(ARRAY[0.9, 0.8, 0.2, 0.1, NULL, 'NaN', 'Infinity', '-Infinity'], ARRAY[true, true, false, false, true, false, true, false])");
     assert_eq!((j["rows"].as_i64(), j["positives"].as_i64()), (Some(4), Some(2)), "{j}");
     assert_eq!((j["auc"].as_f64(), j["average_precision"].as_f64()), (Some(1.0), Some(1.0)));
     assert_eq!((j["precision"].as_f64(), j["recall"].as_f64()), (Some(1.0), Some(1.0)));
@@ -927,4 +927,23 @@ fn maintenance_compacts_expires_and_trims() {
 #[pg_test(error = "pg_fraud: profile_ttl must be a positive, finite interval")]
 fn maintenance_rejects_a_negative_ttl() {
     Spi::run("SELECT fraud.maintenance(profile_ttl => '-1 day')").unwrap();
+}
+
+#[pg_test(error = "pg_fraud: until must be a finite timestamp")]
+fn the_feature_matrix_rejects_an_infinite_bound() {
+    population();
+    Spi::run("SELECT count(*) FROM fraud.feature_matrix('payments', until => 'infinity')").unwrap();
+}
+
+#[pg_test(error = "pg_fraud: at must be a finite timestamp")]
+fn a_label_rejects_an_infinite_time() {
+    watch_payments();
+    history("inf", 2);
+    Spi::run("SELECT fraud.label('payments', min(payment_id)::text, true, at => '-infinity') FROM payments").unwrap();
+}
+
+#[pg_test(error = "pg_fraud: n_trees must be a positive integer, got 0")]
+fn training_rejects_zero_trees() {
+    population();
+    Spi::run("SELECT fraud.train_classifier('fraud_rf', n_trees => 0)").unwrap();
 }
